@@ -1,0 +1,34 @@
+"""exptorch: a plugin-based experiment runner for PyTorch.
+
+This module is the public API for plugin authors. Everything a plugin may import
+is re-exported here; other modules are private and may change between releases.
+Importing it is cheap: nothing here imports torch.
+"""
+
+from exptorch.errors import ExptError
+from exptorch.hookspecs import hookimpl, hookspec
+from exptorch.types import (
+    Checkpoint,
+    CheckpointFormat,
+    DatasetInfo,
+    Logger,
+    Option,
+    RunContext,
+    Splits,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointFormat",
+    "DatasetInfo",
+    "ExptError",
+    "Logger",
+    "Option",
+    "RunContext",
+    "Splits",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+]

@@ -1,0 +1,3 @@
+from exptorch.cli import main
+
+main()

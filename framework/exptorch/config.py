@@ -1,0 +1,192 @@
+"""The run configuration: one typed object, resolved once from defaults, a TOML file and flags.
+
+The fields of :class:`RunConfig` are the single source of the options' names,
+defaults and help texts: ``expt run`` builds its flags from them, and a config
+file accepts the same names as keys (``batch-size`` or ``batch_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from exptorch.errors import ExptError
+from exptorch.types import Option
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    meta = {"help": help, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    """Every setting of one ``expt run``."""
+
+    model: str = _opt("quicknet", "Model to train (see `expt plugins`).")
+    dataset: str = _opt("cifar10", "Dataset to train and test on.")
+    data_dir: str | None = _opt(
+        None, "Folder holding the datasets. [default: a per-user cache folder]"
+    )
+    device: str = _opt("auto", "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu).")
+    logger: list[str] = _opt([], "Metric logger; repeat for several.", multiple=True)
+    epochs: int = _opt(10, "Total number of epochs.", minimum=1)
+    batch_size: int = _opt(64, "Images per training step.", minimum=1)
+    lr: float = _opt(0.01, "Learning rate.", positive=True)
+    optimizer: str = _opt("sgd", "Optimizer.", choices=("sgd", "adamw"))
+    momentum: float = _opt(0.0, "SGD momentum.", minimum=0)
+    weight_decay: float = _opt(0.0, "Weight decay.", minimum=0)
+    seed: int | None = _opt(None, "Random seed. [default: a random one, recorded]")
+    log_every: int = _opt(100, "Log the training loss every N steps.", minimum=1)
+    checkpoint_format: str = _opt("state_dict", "How checkpoints are written.")
+    runs_dir: str = _opt("runs", "Folder that holds run folders.")
+    name: str | None = _opt(None, "Run folder name. [default: MODEL-DATASET-TIME]")
+    limit_train_batches: int | None = _opt(
+        None, "Train on at most N batches per epoch.", minimum=1
+    )
+    limit_eval_batches: int | None = _opt(None, "Test on at most N batches.", minimum=1)
+    download: bool = _opt(True, "Download a missing dataset.", flag="--download/--no-download")
+    #: Options declared by plugins (see :class:`exptorch.Option`), by name.
+    options: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def config_fields() -> list[dataclasses.Field[Any]]:
+    """The user-facing fields of :class:`RunConfig`, in declaration order."""
+    return [f for f in fields(RunConfig) if not f.metadata.get("internal")]
+
+
+def _field_type(f: dataclasses.Field[Any]) -> type:
+    default = RunConfig()
+    value = getattr(default, f.name)
+    if f.metadata.get("multiple"):
+        return list
+    if value is not None:
+        return type(value)
+    return int if f.name in ("seed", "limit_train_batches", "limit_eval_batches") else str
+
+
+def _coerce(key: str, value: Any, kind: type, choices: Iterable[str] | None = None) -> Any:
+    if value is None:
+        return None
+    try:
+        if kind is list:
+            items = [value] if isinstance(value, str) else list(value)
+            return [str(v) for v in items]
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if kind is int and (isinstance(value, bool) or isinstance(value, float)):
+            raise ValueError
+        if kind is float and isinstance(value, bool):
+            raise ValueError
+        converted = kind(value)
+    except (TypeError, ValueError):
+        raise ExptError(
+            f"Config key {key!r} must be {_kind_name(kind)}, not {value!r}."
+        ) from None
+    if choices is not None and converted not in choices:
+        raise ExptError(f"Config key {key!r} must be one of {', '.join(choices)}, not {value!r}.")
+    return converted
+
+
+def _kind_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", list: "a list"}.get(
+        kind, "a string"
+    )
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into a flat dict with snake_case keys."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ExptError(f"Config file {path} does not exist.") from None
+    except OSError as exc:
+        raise ExptError(f"Cannot read config file {path}: {exc.strerror}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ExptError(f"Config file {path} is not valid TOML: {exc}.") from None
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def resolve_config(
+    flags: Mapping[str, Any],
+    *,
+    explicit: Iterable[str] = (),
+    config_file: Path | None = None,
+    plugin_options: Iterable[Option] = (),
+) -> RunConfig:
+    """Merge defaults, then the config file, then the flags the user actually gave.
+
+    :param flags: every option's value as the CLI parsed it (defaults included).
+    :param explicit: the names of the options given on the command line.
+    :param config_file: an optional TOML file whose keys are option names.
+    :param plugin_options: options declared by plugins, accepted in both places.
+    """
+    core = {f.name: f for f in config_fields()}
+    extras = {opt.name: opt for opt in plugin_options}
+    values: dict[str, Any] = {}
+    options: dict[str, Any] = {opt.name: opt.default for opt in extras.values()}
+
+    file_values = read_config_file(config_file) if config_file is not None else {}
+    for key, value in file_values.items():
+        if key in core:
+            f = core[key]
+            values[key] = _coerce(key, value, _field_type(f), f.metadata.get("choices"))
+        elif key in extras:
+            opt = extras[key]
+            options[key] = _coerce(key, value, bool if opt.is_flag else opt.type, opt.choices)
+        else:
+            known = ", ".join(sorted([*core, *extras]))
+            raise ExptError(f"Unknown key {key!r} in config file {config_file}; known keys: {known}.")
+
+    for key in explicit:
+        if key in core:
+            values[key] = flags[key]
+        elif key in extras:
+            options[key] = flags[key]
+
+    config = RunConfig(**values, options=options)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Check ranges and names that types alone cannot."""
+    for f in config_fields():
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        minimum = f.metadata.get("minimum")
+        if minimum is not None and value < minimum:
+            raise ExptError(f"--{f.name.replace('_', '-')} must be at least {minimum}, not {value}.")
+        if f.metadata.get("positive") and value <= 0:
+            raise ExptError(f"--{f.name.replace('_', '-')} must be positive, not {value}.")
+    if config.name is not None and (not _PLAIN_NAME.match(config.name) or config.name in (".", "..")):
+        raise ExptError(
+            f"Run name {config.name!r} must be a plain folder name "
+            "(letters, digits, '.', '_' and '-', not starting with '.' or '-')."
+        )

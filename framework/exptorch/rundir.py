@@ -1,0 +1,140 @@
+"""The run folder: config, metrics, state and checkpoints, written so nothing is half-written.
+
+Layout of ``runs/<name>/``::
+
+    config.json      resolved options, versions and the plugins used
+    metrics.jsonl    one JSON object per line; the run's source of truth
+    state.json       running / finished / stopped / interrupted / failed, and the last epoch
+    checkpoints/     one file per epoch, in the chosen checkpoint format
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from exptorch.errors import ExptError
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
+
+    If the body raises (or the process dies) the temporary file is removed or left
+    under a hidden name, and whatever was at ``path`` before is untouched.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Read a ``metrics.jsonl`` file; a torn last line (from a crash) is ignored."""
+    records = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+class RunDir:
+    """A run's folder and the files in it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._metrics: IO[str] | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @staticmethod
+    def check_new(runs_dir: Path, name: str) -> None:
+        """Refuse a name that an existing run already uses, before any work starts."""
+        if (runs_dir / name).exists():
+            raise ExptError(
+                f"Run {runs_dir / name} already exists; choose another --name "
+                "(or continue it with --resume)."
+            )
+
+    @classmethod
+    def create(cls, runs_dir: Path, name: str) -> RunDir:
+        cls.check_new(runs_dir, name)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            (runs_dir / name).mkdir()
+        except FileExistsError:
+            raise ExptError(
+                f"Run {runs_dir / name} already exists; choose another --name."
+            ) from None
+        run = cls(runs_dir / name)
+        run.checkpoints.mkdir()
+        return run
+
+    def write_config(self, data: Mapping[str, Any]) -> None:
+        write_json(self.path / "config.json", data)
+
+    def read_config(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.path / "config.json").read_text())
+        return data
+
+    def set_state(self, state: str, **fields: Any) -> None:
+        path = self.path / "state.json"
+        current: dict[str, Any] = {}
+        if path.exists():
+            with contextlib.suppress(ValueError, OSError):
+                current = json.loads(path.read_text())
+        current.update(fields, state=state, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        write_json(path, current)
+
+    def log_metrics(self, record: Mapping[str, Any]) -> None:
+        """Append one JSON line and flush it, so a crash loses at most the line being written."""
+        if self._metrics is None:
+            self._metrics = open(self.metrics_path, "a")  # noqa: SIM115 - closed in close()
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+
+    def sync(self) -> None:
+        if self._metrics is not None:
+            os.fsync(self._metrics.fileno())
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self.sync()
+            self._metrics.close()
+            self._metrics = None

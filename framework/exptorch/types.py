@@ -1,0 +1,183 @@
+"""The small types that hooks receive and return.
+
+Only the standard library is imported at module level; torch types appear in
+annotations alone, so that importing this module (and therefore ``exptorch``)
+stays cheap for the CLI's start-up path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from exptorch.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Option:
+    """An option a plugin adds to ``expt run`` (and to the config file).
+
+    ``name`` is the config key, in snake_case and prefixed with the plugin's
+    registered name (``vgg16_head``); the command-line flag is derived from it
+    (``--vgg16-head``). ``choices`` restricts the value; ``type`` converts it.
+    The resolved value reaches the factory as a keyword argument of that name.
+    """
+
+    name: str
+    default: Any = None
+    help: str = ""
+    type: type = str
+    choices: Sequence[str] | None = None
+    is_flag: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about its data, and what a checkpoint keeps for prediction."""
+
+    channels: int
+    height: int
+    width: int
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "classes": list(self.classes),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DatasetInfo:
+        return cls(
+            channels=int(data["channels"]),
+            height=int(data["height"]),
+            width=int(data["width"]),
+            classes=tuple(data["classes"]),
+            mean=tuple(float(m) for m in data["mean"]),
+            std=tuple(float(s) for s in data["std"]),
+        )
+
+
+@dataclass
+class Splits:
+    """A dataset decoded once into memory, as a dataset factory returns it.
+
+    Images are ``uint8`` tensors of shape ``(N, C, H, W)``; labels are ``int64``
+    tensors of shape ``(N,)``. Conversion to float and normalisation with
+    ``mean``/``std`` happen per batch, on the training device.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: Sequence[str]
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    @property
+    def info(self) -> DatasetInfo:
+        _, channels, height, width = self.train_images.shape
+        return DatasetInfo(
+            channels=int(channels),
+            height=int(height),
+            width=int(width),
+            classes=tuple(self.classes),
+            mean=tuple(float(m) for m in self.mean),
+            std=tuple(float(s) for s in self.std),
+        )
+
+
+class Logger:
+    """A metrics sink. Subclass it and override what your backend supports.
+
+    Every method may raise: the run reports the failure, switches this logger
+    off and carries on; ``metrics.jsonl`` always holds everything.
+    """
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Record scalar ``metrics`` at global training ``step`` (steps never decrease)."""
+
+    def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """Record the run's hyperparameters with its final ``metrics`` (called once, at the end)."""
+
+    def log_images(
+        self, tag: str, images: torch.Tensor, captions: Sequence[str], step: int
+    ) -> None:
+        """Record a batch of float images in ``[0, 1]``, shape ``(N, C, H, W)``, with captions."""
+
+    def flush(self) -> None:
+        """Make what was logged so far visible (called at each epoch's end)."""
+
+    def finish(self, state: str) -> None:
+        """Close the backend; ``state`` is ``finished``, ``interrupted`` or ``failed``."""
+
+
+@dataclass
+class Checkpoint:
+    """Everything a checkpoint holds, independent of the file format that stores it.
+
+    ``meta`` carries what ``expt predict`` needs without any other file: the
+    model name and options and the dataset info (classes, input size,
+    normalisation), plus versions. ``extra`` holds resume state (RNG states,
+    data order) that a format may store however it likes.
+    """
+
+    model_state: dict[str, torch.Tensor]
+    epoch: int
+    step: int
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    optimizer_state: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class CheckpointFormat(Protocol):
+    """A way of writing a :class:`Checkpoint` to one file and reading it back.
+
+    ``save`` writes to exactly the path it is given; exptorch hands it a
+    temporary path and renames the file into place once it is flushed, so a
+    format never has to handle atomicity itself.
+    """
+
+    suffix: str
+
+    def save(self, checkpoint: Checkpoint, path: Path) -> None: ...
+
+    def load(self, path: Path, *, map_location: Any = "cpu", trust: bool = False) -> Checkpoint:
+        ...
+
+
+@dataclass
+class RunContext:
+    """A run in progress, as lifecycle hooks and logger factories see it."""
+
+    run_dir: Path
+    config: RunConfig
+    info: DatasetInfo | None = None
+    model: Any = None
+    stop_reason: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the run to stop after the current epoch; the reason is printed and recorded."""
+        self.stop_reason = reason

@@ -1,0 +1,1 @@
+"""exptorch's built-in plugins, registered through the ``exptorch`` entry points like any other."""
