@@ -25,7 +25,7 @@ OUT = Path(__file__).resolve().parent.parent / "plugins/exptorch_plugins/data/fa
 
 
 def read(path: Path) -> np.ndarray:
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     ndim = raw[3]
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     return np.frombuffer(raw[4 + 4 * ndim :], dtype=np.uint8).reshape(shape)
@@ -44,7 +44,10 @@ def pick(labels: np.ndarray, per_class: int) -> np.ndarray:
 
 def main(source: Path) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for split, prefix, per_class in (("train", "train", TRAIN_PER_CLASS), ("test", "t10k", TEST_PER_CLASS)):
+    for split, prefix, per_class in (
+        ("train", "train", TRAIN_PER_CLASS),
+        ("test", "t10k", TEST_PER_CLASS),
+    ):
         images = read(next(source.glob(f"{prefix}-images-idx3-ubyte*")))
         labels = read(next(source.glob(f"{prefix}-labels-idx1-ubyte*")))
         keep = pick(labels, per_class)

@@ -55,9 +55,7 @@ class RunConfig:
     checkpoint_format: str = _opt("state_dict", "How checkpoints are written.")
     runs_dir: str = _opt("runs", "Folder that holds run folders.")
     name: str | None = _opt(None, "Run folder name. [default: MODEL-DATASET-TIME]")
-    limit_train_batches: int | None = _opt(
-        None, "Train on at most N batches per epoch.", minimum=1
-    )
+    limit_train_batches: int | None = _opt(None, "Train on at most N batches per epoch.", minimum=1)
     limit_eval_batches: int | None = _opt(None, "Test on at most N batches.", minimum=1)
     download: bool = _opt(True, "Download a missing dataset.", flag="--download/--no-download")
     #: Options declared by plugins (see :class:`exptorch.Option`), by name.
@@ -98,15 +96,13 @@ def _coerce(key: str, value: Any, kind: type, choices: Iterable[str] | None = No
             if isinstance(value, bool):
                 return value
             raise ValueError
-        if kind is int and (isinstance(value, bool) or isinstance(value, float)):
+        if kind is int and isinstance(value, (bool, float)):
             raise ValueError
         if kind is float and isinstance(value, bool):
             raise ValueError
         converted = kind(value)
     except (TypeError, ValueError):
-        raise ExptError(
-            f"Config key {key!r} must be {_kind_name(kind)}, not {value!r}."
-        ) from None
+        raise ExptError(f"Config key {key!r} must be {_kind_name(kind)}, not {value!r}.") from None
     if choices is not None and converted not in choices:
         raise ExptError(f"Config key {key!r} must be one of {', '.join(choices)}, not {value!r}.")
     return converted
@@ -161,7 +157,9 @@ def resolve_config(
             options[key] = _coerce(key, value, bool if opt.is_flag else opt.type, opt.choices)
         else:
             known = ", ".join(sorted([*core, *extras]))
-            raise ExptError(f"Unknown key {key!r} in config file {config_file}; known keys: {known}.")
+            raise ExptError(
+                f"Unknown key {key!r} in config file {config_file}; known keys: {known}."
+            )
 
     for key in explicit:
         if key in core:
@@ -182,10 +180,14 @@ def validate(config: RunConfig) -> None:
             continue
         minimum = f.metadata.get("minimum")
         if minimum is not None and value < minimum:
-            raise ExptError(f"--{f.name.replace('_', '-')} must be at least {minimum}, not {value}.")
+            raise ExptError(
+                f"--{f.name.replace('_', '-')} must be at least {minimum}, not {value}."
+            )
         if f.metadata.get("positive") and value <= 0:
             raise ExptError(f"--{f.name.replace('_', '-')} must be positive, not {value}.")
-    if config.name is not None and (not _PLAIN_NAME.match(config.name) or config.name in (".", "..")):
+    if config.name is not None and (
+        not _PLAIN_NAME.match(config.name) or config.name in (".", "..")
+    ):
         raise ExptError(
             f"Run name {config.name!r} must be a plain folder name "
             "(letters, digits, '.', '_' and '-', not starting with '.' or '-')."

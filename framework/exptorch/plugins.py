@@ -223,6 +223,20 @@ def _env_list(value: str | None) -> set[str]:
     return {item.strip() for item in (value or "").split(",") if item.strip()}
 
 
+def _ordered_entry_points() -> list[tuple[str, str, metadata.EntryPoint]]:
+    """Entry points in load order: exptorch's built-ins first, then others by distribution.
+
+    The order is what decides a clash: the plugin registered first keeps a name,
+    and the later one is reported (see :meth:`Plugins.get`).
+    """
+    found = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist
+        dist_name = dist.metadata["Name"] if dist is not None else "(unknown distribution)"
+        found.append((dist_name, dist.version if dist is not None else "", ep))
+    return sorted(found, key=lambda item: (item[0] != PROJECT_NAME, item[0], item[2].name))
+
+
 def load_plugins(
     *,
     entry_points: bool = True,
@@ -249,10 +263,7 @@ def load_plugins(
 
     if entry_points:
         only_builtin = env.get(NO_AUTOLOAD_ENV, "") not in ("", "0")
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist = ep.dist
-            dist_name = dist.metadata["Name"] if dist is not None else "(unknown distribution)"
-            version = dist.version if dist is not None else ""
+        for dist_name, version, ep in _ordered_entry_points():
             if pm.is_blocked(ep.name) or (only_builtin and dist_name != PROJECT_NAME):
                 continue
             source = PluginSource(dist_name, version)

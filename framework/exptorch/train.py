@@ -84,8 +84,8 @@ def versions() -> dict[str, str]:
     return {
         "exptorch": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
     }
 
 
@@ -210,7 +210,10 @@ def run_experiment(
     )
     run_dir.set_state("running", epoch=0, pid=os.getpid(), started=time.time())
     run = RunContext(run_dir=run_dir.path, config=config, info=info, model=model)
-    loggers = [GuardedLogger(reg.name, reg.factory(run, **plugin_kwargs(reg, config))) for reg in logger_regs]  # fmt: skip
+    loggers = [
+        GuardedLogger(reg.name, reg.factory(run, **plugin_kwargs(reg, config)))
+        for reg in logger_regs
+    ]
     meta = {
         "model": config.model,
         "model_options": model_options,

@@ -163,8 +163,7 @@ class CheckpointFormat(Protocol):
 
     def save(self, checkpoint: Checkpoint, path: Path) -> None: ...
 
-    def load(self, path: Path, *, map_location: Any = "cpu", trust: bool = False) -> Checkpoint:
-        ...
+    def load(self, path: Path, *, map_location: Any = "cpu", trust: bool = False) -> Checkpoint: ...
 
 
 @dataclass

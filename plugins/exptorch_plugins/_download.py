@@ -45,9 +45,17 @@ def download(url: str, dest: Path, md5: str | None = None) -> Path:
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with open(tmp, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc=dest.name, disable=None, leave=False
-            ) as bar:
+            with (
+                open(tmp, "wb") as out,
+                tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=dest.name,
+                    disable=None,
+                    leave=False,
+                ) as bar,
+            ):
                 while block := response.read(1 << 16):
                     out.write(block)
                     bar.update(len(block))

@@ -1,4 +1,4 @@
-"""Dataset plugin ``cifar10``: the standard ``cifar-10-batches-py`` folder, downloaded if missing."""
+"""Dataset plugin ``cifar10``: the standard ``cifar-10-batches-py`` folder, fetched if missing."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         labels = entry.get("labels", entry.get("fine_labels"))
         labels_t = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     except Exception as exc:
-        raise ExptError(f"{path} is not a CIFAR-10 batch file ({type(exc).__name__}: {exc}).") from None
+        raise ExptError(
+            f"{path} is not a CIFAR-10 batch file ({type(exc).__name__}: {exc})."
+        ) from None
     if len(labels_t) != len(data):
         raise ExptError(f"{path} has {len(data)} images but {len(labels_t)} labels.")
     return torch.from_numpy(data.copy()), labels_t
@@ -70,7 +72,7 @@ def _fetch(root: Path) -> None:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(root, filter="data")
         else:  # pragma: no cover - Python < 3.10.12
-            tar.extractall(root)  # noqa: S202 - archive checksum verified above
+            tar.extractall(root)
     archive.unlink()
 
 

@@ -108,7 +108,7 @@ def read_folder(folder: Path, download: bool = False) -> Splits:
 
 
 def load(data_dir: Path, download: bool = True, **_: Any) -> Splits:
-    """Fashion-MNIST from ``data_dir/fashion-mnist`` or ``data_dir`` itself, downloading if missing."""
+    """Fashion-MNIST from ``data_dir/fashion-mnist`` or ``data_dir``; downloads if missing."""
     for folder in (data_dir / "fashion-mnist", data_dir):
         if all(_find(folder, stem) for stem, _ in FILES.values()):
             return read_folder(folder)

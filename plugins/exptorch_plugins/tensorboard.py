@@ -1,4 +1,4 @@
-"""Logger plugin ``tensorboard``: event files in the run's own folder, tags named like the metrics."""
+"""Logger plugin ``tensorboard``: event files in the run's folder, tags named like the metrics."""
 
 from __future__ import annotations
 

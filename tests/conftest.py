@@ -1,0 +1,101 @@
+"""Shared fixtures: isolated plugin managers, tiny real datasets, and a real ``expt`` runner."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exptorch.plugins import NO_AUTOLOAD_ENV, Plugins, load_plugins
+
+EXPT = [sys.executable, "-m", "exptorch"]
+
+
+@pytest.fixture
+def make_plugins() -> Callable[..., Plugins]:
+    """Build an isolated plugin manager: exptorch's built-ins plus the given test plugins."""
+
+    def make(*extra: tuple[str, object], environ: dict[str, str] | None = None) -> Plugins:
+        env = {NO_AUTOLOAD_ENV: "1", **(environ or {})}
+        return load_plugins(extra=extra, environ=env)
+
+    return make
+
+
+@pytest.fixture
+def plugins(make_plugins: Callable[..., Plugins]) -> Plugins:
+    return make_plugins()
+
+
+def write_cifar10(root: Path, train_per_batch: int = 20, test: int = 40, batches: int = 5) -> Path:
+    """Write a small dataset in the exact ``cifar-10-batches-py`` pickle format.
+
+    Each class gets a distinct mean colour plus noise, so a model can learn it.
+    """
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def batch(n: int, label: str) -> dict:
+        labels = rng.integers(0, 10, n)
+        base = (labels[:, None] * 25).astype(np.int16)
+        data = np.clip(base + rng.integers(0, 30, (n, 3072)), 0, 255).astype(np.uint8)
+        return {
+            "batch_label": label,
+            "labels": labels.tolist(),
+            "data": data,
+            "filenames": [f"img_{i}.png" for i in range(n)],
+        }
+
+    for i in range(1, batches + 1):
+        with open(folder / f"data_batch_{i}", "wb") as fh:
+            pickle.dump(batch(train_per_batch, f"training batch {i} of 5"), fh, protocol=2)
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump(batch(test, "testing batch 1 of 1"), fh, protocol=2)
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": names, "num_cases_per_batch": 10000, "num_vis": 3072}, fh)
+    return root
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path: Path) -> Path:
+    return write_cifar10(tmp_path / "data")
+
+
+@pytest.fixture
+def expt(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real ``expt`` CLI in a subprocess, in ``tmp_path``, offline-safe."""
+
+    def run(*args: str, env: dict[str, str] | None = None, check: bool = False):
+        full_env = {
+            **os.environ,
+            "EXPT_DATA_DIR": str(tmp_path / "no-data-here"),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        result = subprocess.run(
+            [*EXPT, *args], cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=600
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"expt {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    return run

@@ -1,0 +1,82 @@
+"""Every user mistake: one sentence on stderr, a non-zero exit, no traceback, nothing left."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SAMPLE = ["--dataset", "fashion-mnist-sample", "--epochs", "1", "--limit-train-batches", "2"]
+
+
+def assert_one_sentence(result, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("Error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--model", "resnet9"], ["Unknown model 'resnet9'", "available: quicknet"]),
+        (["--dataset", "imagenet"], ["Unknown dataset 'imagenet'", "cifar10", "fashion-mnist"]),
+        (["--logger", "mlflow"], ["Unknown logger 'mlflow'", "tensorboard"]),
+        (["--device", "tpu"], ["Unknown device 'tpu'", "auto, cpu, cuda, mps"]),
+        (["--device", "cuda"], ["CUDA is not available"]),
+        (["--device", "cuda:1"], ["CUDA is not available"]),
+        (["--device", "mps"], ["MPS is not available"]),
+        (["--device", "cuda:x"], ["bad index"]),
+        (["--checkpoint-format", "onnx"], ["Unknown checkpoint format 'onnx'", "state_dict"]),
+        (["--name", "../escape"], ["must be a plain folder name"]),
+        (["--name", ".hidden"], ["must be a plain folder name"]),
+        (["--epochs", "0"], ["--epochs must be at least 1"]),
+        (["--lr", "-1"], ["--lr must be positive"]),
+    ],
+)
+def test_bad_option_values(expt, tmp_path: Path, args, fragments) -> None:
+    result = expt("run", *SAMPLE, *args)
+    assert_one_sentence(result, *fragments)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_missing_dataset_offline(expt, tmp_path: Path) -> None:
+    result = expt("run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nothing"))
+    assert_one_sentence(result, "CIFAR-10 is not in", "could not be downloaded")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("epochs = ", "is not valid TOML"),
+        ("epoch = 3", "Unknown key 'epoch'"),
+        ('epochs = "ten"', "Config key 'epochs' must be an integer"),
+        ('optimizer = "rmsprop"', "must be one of sgd, adamw"),
+    ],
+)
+def test_bad_config_file(expt, tmp_path: Path, content: str, fragment: str) -> None:
+    (tmp_path / "bad.toml").write_text(content + "\n")
+    assert_one_sentence(expt("run", *SAMPLE, "--config", "bad.toml"), fragment)
+
+
+def test_config_file_missing(expt) -> None:
+    assert_one_sentence(
+        expt("run", "--config", "nope.toml"), "Config file nope.toml does not exist"
+    )
+
+
+def test_existing_run_is_never_overwritten(expt, tmp_path: Path) -> None:
+    first = expt("run", *SAMPLE, "--name", "keep", "--device", "cpu")
+    assert first.returncode == 0, first.stderr
+    metrics = (tmp_path / "runs" / "keep" / "metrics.jsonl").read_bytes()
+    second = expt("run", *SAMPLE, "--name", "keep", "--epochs", "3")
+    assert_one_sentence(second, "already exists", "--name")
+    assert (tmp_path / "runs" / "keep" / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_unknown_flag_is_a_usage_error(expt) -> None:
+    result = expt("run", "--epoch", "3")
+    assert result.returncode == 2 and "No such option '--epoch'" in result.stderr
