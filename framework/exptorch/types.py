@@ -174,6 +174,10 @@ class RunContext:
     config: RunConfig
     info: DatasetInfo | None = None
     model: Any = None
+    #: The first epoch this process trains (greater than 1 when the run was resumed).
+    start_epoch: int = 1
+    #: True when this process continues an earlier run folder (``expt run --resume``).
+    resumed: bool = False
     stop_reason: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
