@@ -14,7 +14,7 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from exptorch.data import Batches
 from exptorch.errors import ExptError
 from exptorch.plugins import Plugins, Registration
 from exptorch.rundir import RunDir
+from exptorch.secrets import redact
 from exptorch.types import Checkpoint, DatasetInfo, Logger, RunContext
 
 if TYPE_CHECKING:
@@ -121,6 +122,9 @@ class GuardedLogger(Logger):
     def log_images(self, tag: str, images: Any, captions: Any, step: int) -> None:
         self._call("log_images", tag, images, captions, step)
 
+    def log_graph(self, model: Any, example_input: Any) -> None:
+        self._call("log_graph", model, example_input)
+
     def flush(self) -> None:
         self._call("flush")
 
@@ -142,6 +146,26 @@ def evaluate(model: torch.nn.Module, batches: Batches) -> dict[str, float]:
             correct += int((logits.argmax(dim=1) == labels).sum().item())
             seen += len(labels)
     return {"test_loss": total_loss / max(seen, 1), "test_accuracy": correct / max(seen, 1)}
+
+
+def prediction_samples(
+    model: torch.nn.Module, batches: Batches, classes: Sequence[str], n: int = 16
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The first ``n`` test images as the model sees them and in ``[0, 1]`` for display,
+    with captions ``"pred: CLASS\ntrue: CLASS"``."""
+    import torch
+
+    images, labels = next(iter(batches))
+    images, labels = images[:n], labels[:n]
+    model.eval()
+    with torch.no_grad():
+        predicted = model(images).argmax(dim=1)
+    shown = (images * batches.std + batches.mean).clamp(0, 1).float().cpu()
+    captions = [
+        f"pred: {classes[p]}\ntrue: {classes[t]}"
+        for p, t in zip(predicted.tolist(), labels.tolist(), strict=True)
+    ]
+    return images, shown, captions
 
 
 def run_experiment(
@@ -200,12 +224,12 @@ def run_experiment(
     used = {reg.plugin for reg in (model_reg, dataset_reg, *logger_regs)}
     run_dir.write_config(
         {
-            "config": config.to_dict(),
+            "config": redact(config.to_dict()),
             "versions": versions(),
             "plugins": {p: dataclasses.asdict(plugins.source(p)) for p in sorted(used)},
             "dataset": info.to_dict(),
             "device": str(device),
-            "command": sys.argv,
+            "command": redact(sys.argv),
         }
     )
     run_dir.set_state("running", epoch=0, pid=os.getpid(), started=time.time())
@@ -235,6 +259,10 @@ def run_experiment(
         f"device {device}, seed {seed}"
     )
     plugins.notify("run_start", run=run)
+    if loggers:  # the model graph, once
+        example = prediction_samples(model, test_batches, info.classes, n=1)[0]
+        for logger in loggers:
+            logger.log_graph(model, example)
     state, metrics, step, epoch = "failed", {}, 0, 0
     started = time.perf_counter()
     try:
@@ -271,7 +299,10 @@ def run_experiment(
                         {"step": step, "epoch": epoch, "train_loss": window_loss / window_steps}
                     )
                     window_loss, window_steps = 0.0, 0
-                    bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+                # --- progress bar: the latest loss and the epoch's throughput so far ---
+                if not bar.disable and step % 10 == 0:
+                    rate = seen / max(time.perf_counter() - epoch_start, 1e-9)
+                    bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:,.0f}", refresh=False)
             bar.close()
             train_time = time.perf_counter() - epoch_start
 
@@ -284,6 +315,10 @@ def run_experiment(
                 epoch_time=time.perf_counter() - epoch_start,
             )
             log_metrics({"step": step, "epoch": epoch, **metrics})
+            if loggers:  # a grid of test images with predicted and true labels
+                _, shown, captions = prediction_samples(model, test_batches, info.classes)
+                for logger in loggers:
+                    logger.log_images("test_predictions", shown, captions, step)
 
             # --- checkpoint, atomically ---
             checkpoint = Checkpoint(
@@ -291,7 +326,7 @@ def run_experiment(
                 optimizer_state=optimizer.state_dict(),
                 epoch=epoch,
                 step=step,
-                config=config.to_dict(),
+                config=redact(config.to_dict()),
                 meta=meta,
                 extra={"torch_rng_state": torch.get_rng_state()},
             )
@@ -317,7 +352,7 @@ def run_experiment(
     finally:
         elapsed = time.perf_counter() - started
         run_dir.close()
-        hparams = {k: v for k, v in config.to_dict().items() if v is not None}
+        hparams = redact({k: v for k, v in config.to_dict().items() if v is not None})
         for logger in loggers:
             if metrics:
                 logger.log_hparams(hparams, metrics)

@@ -26,6 +26,11 @@ class Option:
     registered name (``vgg16_head``); the command-line flag is derived from it
     (``--vgg16-head``). ``choices`` restricts the value; ``type`` converts it.
     The resolved value reaches the factory as a keyword argument of that name.
+
+    ``initial_weights`` marks an option that only chooses where the starting
+    weights come from (a pretrained file): when exptorch rebuilds a model to load
+    a checkpoint into it (resume, ``expt predict``, ``expt eval``) it passes the
+    option's default instead, so the original file is neither read nor needed.
     """
 
     name: str
@@ -34,6 +39,7 @@ class Option:
     type: type = str
     choices: Sequence[str] | None = None
     is_flag: bool = False
+    initial_weights: bool = False
 
     @property
     def flag(self) -> str:
@@ -123,7 +129,14 @@ class Logger:
     def log_images(
         self, tag: str, images: torch.Tensor, captions: Sequence[str], step: int
     ) -> None:
-        """Record a batch of float images in ``[0, 1]``, shape ``(N, C, H, W)``, with captions."""
+        """Record a batch of float images in ``[0, 1]``, shape ``(N, C, H, W)``, with captions.
+
+        exptorch calls it after each epoch with ``tag="test_predictions"`` and
+        captions ``"pred: CLASS\\ntrue: CLASS"`` for a fixed set of test images.
+        """
+
+    def log_graph(self, model: torch.nn.Module, example_input: torch.Tensor) -> None:
+        """Record the model's graph, traced on ``example_input`` (called once per process)."""
 
     def flush(self) -> None:
         """Make what was logged so far visible (called at each epoch's end)."""
@@ -149,14 +162,24 @@ class Checkpoint:
     meta: dict[str, Any]
     optimizer_state: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The live model, for formats that store the whole module (``full``); loading
+    #: such a file sets it. Other formats ignore it and store ``model_state`` only.
+    module: Any = None
 
 
 class CheckpointFormat(Protocol):
     """A way of writing a :class:`Checkpoint` to one file and reading it back.
 
-    ``save`` writes to exactly the path it is given; exptorch hands it a
-    temporary path and renames the file into place once it is flushed, so a
-    format never has to handle atomicity itself.
+    ``save`` writes to exactly the path it is given; exptorch hands it a path
+    inside a hidden staging folder and moves the file into place once it is
+    flushed, so a format never has to handle atomicity itself. A format that
+    needs more than one file writes the others beside ``path``, named
+    ``path.name`` plus a further suffix (``epoch-001.safetensors.json``); they are
+    moved into place first and the main file last, so a checkpoint whose main
+    file exists is complete. ``load`` gets the main file and raises
+    :class:`~exptorch.ExptError` (or any exception, reported as unreadable) when
+    the file is not one of its checkpoints; ``trust`` is the user's explicit
+    permission to run pickled code from the file.
     """
 
     suffix: str
