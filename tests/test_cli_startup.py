@@ -20,7 +20,15 @@ print("HEAVY", heavy)
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["run", "--help"], ["plugins"], ["plugins", "--json"], ["--version"]]
+    "args",
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["plugins"],
+        ["plugins", "--json"],
+        ["--version"],
+        ["runs", "list", "--runs-dir", "."],
+    ],
 )
 def test_cli_start_up_imports_no_heavy_library(args: list[str]) -> None:
     result = subprocess.run(

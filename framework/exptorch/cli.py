@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from exptorch import __version__
+from exptorch.cli_runs import runs_group
 from exptorch.config import RunConfig, config_fields, resolve_config
 from exptorch.errors import ExptError
 from exptorch.plugins import KINDS, Plugins, load_plugins
@@ -88,7 +89,11 @@ class ExptGroup(click.Group):
 @click.group(cls=ExptGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="exptorch")
 @click.option("-v", "--verbose", count=True, help="More output; -vv for debug output.")
-def cli(verbose: int) -> None:
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bars or epoch lines; `run` prints its folder."
+)
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """exptorch: run PyTorch experiments from plugins.
 
     \b
@@ -97,6 +102,7 @@ def cli(verbose: int) -> None:
     Offline, on the bundled Fashion-MNIST sample:
         expt run --model quicknet --dataset fashion-mnist-sample --epochs 2
     """
+    ctx.meta["exptorch.quiet"] = quiet
     _setup_logging(verbose)
 
 
@@ -165,12 +171,16 @@ def run_command(ctx: click.Context, config_file: Path | None, **flags: Any) -> N
         config_file=config_file,
         plugin_options=[opt for _, opt in plugins.options()],
     )
-    run_experiment(config, plugins, echo=click.echo)
+    if ctx.meta.get("exptorch.quiet"):  # warnings and errors still reach stderr
+        click.echo(run_experiment(config, plugins, echo=lambda _: None, progress=False))
+    else:
+        run_experiment(config, plugins, echo=click.echo)
 
 
 for _field in reversed(config_fields()):
     run_command.params.insert(0, _click_option(_field))
 cli.add_command(run_command)
+cli.add_command(runs_group)
 
 
 def _plugins(ctx: click.Context) -> Plugins:

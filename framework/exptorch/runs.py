@@ -1,0 +1,333 @@
+"""What ``expt runs`` shows: runs read back from their folders, and nothing else.
+
+Each run folder holds ``config.json``, ``metrics.jsonl`` and ``state.json`` (see
+:mod:`exptorch.rundir`); these functions read them without importing torch, so
+listing a thousand runs costs file reads only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exptorch.errors import ExptError
+from exptorch.rundir import read_metrics
+
+#: What ``state`` can be: the five that ``state.json`` records, ``crashed`` (it says
+#: running, but its process is gone), and ``unknown`` (no readable ``state.json``).
+STATES = ("running", "finished", "stopped", "interrupted", "failed", "crashed", "unknown")
+#: Metrics shown by ``expt runs compare``, and whether higher is better.
+COMPARED = {"test_accuracy": True, "test_loss": False, "epoch_train_loss": False}
+
+
+@dataclass
+class Run:
+    """One run folder, as ``expt runs`` sees it."""
+
+    name: str
+    path: Path
+    state: str
+    model: str | None
+    dataset: str | None
+    epochs_done: int
+    epochs: int | None
+    best_accuracy: float | None
+    final: dict[str, float]
+    config: dict[str, Any] = field(repr=False)
+    state_info: dict[str, Any] = field(repr=False)
+    history: list[dict[str, Any]] = field(repr=False)
+
+    @property
+    def epoch_records(self) -> list[dict[str, Any]]:
+        """One record per completed epoch (the ones with test metrics)."""
+        return [r for r in self.history if "test_accuracy" in r]
+
+    def summary(self) -> dict[str, Any]:
+        """The row ``expt runs list --json`` prints."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "model": self.model,
+            "dataset": self.dataset,
+            "epochs_done": self.epochs_done,
+            "epochs": self.epochs,
+            "best_accuracy": self.best_accuracy,
+            "final": self.final,
+            "state": self.state,
+        }
+
+    def details(self) -> dict[str, Any]:
+        """What ``expt runs show --json`` prints: the summary, config, state and epochs."""
+        return {
+            **self.summary(),
+            "state_info": self.state_info,
+            "config": self.config,
+            "epochs_metrics": self.epoch_records,
+        }
+
+
+def is_run_folder(path: Path) -> bool:
+    return path.is_dir() and any(
+        (path / name).is_file() for name in ("config.json", "state.json", "metrics.jsonl")
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def read_run(path: Path) -> Run:
+    """Read one run folder; missing or torn files give empty values, never an error."""
+    config_file = _read_json(path / "config.json")
+    state_info = _read_json(path / "state.json")
+    history: list[dict[str, Any]] = []
+    with contextlib.suppress(OSError):
+        history = read_metrics(path / "metrics.jsonl")
+    config = config_file.get("config", {})
+    state = str(state_info.get("state") or "unknown")
+    if state == "running" and not _pid_alive(state_info.get("pid")):
+        state = "crashed"
+    epochs_records = [r for r in history if "test_accuracy" in r]
+    accuracies = [r["test_accuracy"] for r in epochs_records if _finite(r["test_accuracy"])]
+    final = {
+        key: float(epochs_records[-1][key])
+        for key in ("test_accuracy", "test_loss", "epoch_train_loss")
+        if epochs_records and key in epochs_records[-1]
+    }
+    done = state_info.get("epoch")
+    return Run(
+        name=path.name,
+        path=path,
+        state=state,
+        model=config.get("model"),
+        dataset=config.get("dataset"),
+        epochs_done=int(done) if isinstance(done, int) else len(epochs_records),
+        epochs=config.get("epochs"),
+        best_accuracy=max(accuracies) if accuracies else None,
+        final=final,
+        config=config_file,
+        state_info=state_info,
+        history=history,
+    )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def list_runs(runs_dir: Path) -> list[Run]:
+    """Every run folder directly inside ``runs_dir``, oldest first."""
+    if not runs_dir.is_dir():
+        raise ExptError(
+            f"{runs_dir} does not exist; pass the folder that holds runs with --runs-dir."
+        )
+    runs = [read_run(p) for p in sorted(runs_dir.iterdir()) if is_run_folder(p)]
+    return sorted(runs, key=lambda r: (r.state_info.get("started") or 0, r.name))
+
+
+def find_run(runs_dir: Path, name: str) -> Run:
+    """The run called ``name`` in ``runs_dir``, or at the path ``name``."""
+    for candidate in (runs_dir / name, Path(name)):
+        if is_run_folder(candidate):
+            return read_run(candidate)
+    raise ExptError(f"No run {name!r} in {runs_dir}; see `expt runs list --runs-dir {runs_dir}`.")
+
+
+def flat_config(run: Run) -> dict[str, Any]:
+    """The run's config with plugin options as ``options.NAME`` keys, unset ones left out."""
+    config = dict(run.config.get("config", {}))
+    options = config.pop("options", None) or {}
+    config.update({f"options.{k}": v for k, v in options.items() if v is not None})
+    return config
+
+
+def compare(runs: Sequence[Run]) -> dict[str, Any]:
+    """Side by side: the config keys that differ, then epochs, best and final metrics."""
+    configs = [flat_config(r) for r in runs]
+    keys = sorted({k for c in configs for k in c})
+    ignored = {"name", "runs_dir"}
+    differing = {
+        k: [c.get(k) for c in configs]
+        for k in keys
+        if k not in ignored and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1
+    }
+    rows: dict[str, list[Any]] = {
+        "state": [r.state for r in runs],
+        "model": [r.model for r in runs],
+        "dataset": [r.dataset for r in runs],
+        **{f"config.{k}": v for k, v in differing.items() if k not in ("model", "dataset")},
+        "epochs": [r.epochs_done for r in runs],
+        "best_test_accuracy": [r.best_accuracy for r in runs],
+        **{f"final_{k}": [r.final.get(k) for r in runs] for k in COMPARED},
+    }
+    return {"runs": [r.name for r in runs], "rows": rows}
+
+
+# -- text tables ------------------------------------------------------------------------------
+
+
+def fmt(value: Any, key: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if "accuracy" in key:
+            return f"{100 * value:.2f}%"
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    lines = [
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
+    return "\n".join(lines)
+
+
+def list_table(runs: Sequence[Run]) -> str:
+    header = ("name", "model", "dataset", "epochs", "best acc", "state")
+    rows = [
+        (
+            r.name,
+            fmt(r.model),
+            fmt(r.dataset),
+            f"{r.epochs_done}/{fmt(r.epochs)}",
+            fmt(r.best_accuracy, "accuracy"),
+            r.state,
+        )
+        for r in runs
+    ]
+    return table(header, rows)
+
+
+def show_text(run: Run) -> str:
+    config = flat_config(run)
+    lines = [
+        f"run {run.name} ({run.path})",
+        f"state: {run.state}" + _state_note(run),
+        "",
+        "config:",
+        *(f"  {k}: {fmt(v)}" for k, v in config.items() if v not in (None, [], {})),
+        "",
+    ]
+    records = run.epoch_records
+    if records:
+        header = ("epoch", "step", "train_loss", "test_loss", "test_accuracy", "time", "img/s")
+        rows = [
+            (
+                fmt(r.get("epoch")),
+                fmt(r.get("step")),
+                fmt(r.get("epoch_train_loss")),
+                fmt(r.get("test_loss")),
+                fmt(r.get("test_accuracy"), "accuracy"),
+                f"{r['epoch_time']:.1f}s" if "epoch_time" in r else "-",
+                f"{r['images_per_second']:,.0f}" if "images_per_second" in r else "-",
+            )
+            for r in records
+        ]
+        lines.append(table(header, rows))
+    else:
+        lines.append("no completed epoch")
+    return "\n".join(lines)
+
+
+def _state_note(run: Run) -> str:
+    info = run.state_info
+    if run.state == "crashed":
+        return f" (state.json says running, but process {info.get('pid')} is gone)"
+    if info.get("stop_reason"):
+        return f" ({info['stop_reason']})"
+    return ""
+
+
+def compare_text(comparison: dict[str, Any]) -> str:
+    header = ("", *comparison["runs"])
+    rows = [(key, *(fmt(v, key) for v in values)) for key, values in comparison["rows"].items()]
+    return table(header, rows)
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, default=_default)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return str(value)
+
+
+# -- the picture ---------------------------------------------------------------------------------
+
+PLOT_HINT = "expt runs plot needs matplotlib; install it with: pip install matplotlib"
+
+
+def plot(runs: Sequence[Run], output: Path) -> Path:
+    """Loss (per step) and test accuracy (per epoch) of several runs, in one PNG/SVG/PDF."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ExptError(PLOT_HINT + ".") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for index, run in enumerate(runs):
+        colour = f"C{index % 10}"
+        train = [r for r in run.history if "train_loss" in r]
+        tests = run.epoch_records
+        if train:
+            loss_ax.plot(
+                [r["step"] for r in train], [r["train_loss"] for r in train],
+                color=colour, label=f"{run.name} train",
+            )  # fmt: skip
+        if tests:
+            loss_ax.plot(
+                [r["step"] for r in tests], [r["test_loss"] for r in tests],
+                color=colour, linestyle="--", marker="o", label=f"{run.name} test",
+            )  # fmt: skip
+            acc_ax.plot(
+                [r["epoch"] for r in tests], [100 * r["test_accuracy"] for r in tests],
+                color=colour, marker="o", label=run.name,
+            )  # fmt: skip
+    loss_ax.set(title="loss", xlabel="training step", ylabel="cross-entropy")
+    acc_ax.set(title="test accuracy", xlabel="epoch", ylabel="%")
+    acc_ax.xaxis.get_major_locator().set_params(integer=True)
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
+    return output
