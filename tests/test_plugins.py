@@ -12,11 +12,11 @@ from exptorch import ExptError, hookimpl
 from exptorch.plugins import load_plugins
 
 BUILTINS = {
-    "model": {"quicknet"},
-    "dataset": {"cifar10", "fashion-mnist", "fashion-mnist-sample"},
+    "model": {"quicknet", "vgg16"},
+    "dataset": {"cifar10", "fashion-mnist", "fashion-mnist-sample", "folder"},
     "device": {"auto", "cpu", "cuda", "mps"},
     "logger": {"tensorboard"},
-    "checkpoint format": {"state_dict"},
+    "checkpoint format": {"full", "safetensors", "state_dict"},
 }
 
 

@@ -7,6 +7,7 @@ Importing it is cheap: nothing here imports torch.
 
 from exptorch.errors import ExptError
 from exptorch.hookspecs import hookimpl, hookspec
+from exptorch.images import load_image
 from exptorch.types import (
     Checkpoint,
     CheckpointFormat,
@@ -31,4 +32,5 @@ __all__ = [
     "__version__",
     "hookimpl",
     "hookspec",
+    "load_image",
 ]

@@ -1,12 +1,22 @@
-"""Writing and reading checkpoints through the checkpoint-format plugins."""
+"""Writing, finding, pruning and reading checkpoints through the checkpoint-format plugins.
+
+A run's ``checkpoints/`` folder holds one checkpoint per epoch, ``epoch-003.pt``
+(or another format's suffix), plus ``epoch-003-step-000250.pt`` when a run was
+interrupted in the middle of epoch 3. A format may add companion files named
+after the main file (``epoch-003.safetensors.json``); the main file is always
+the last one moved into place, so a checkpoint whose main file exists is complete.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exptorch.errors import ExptError
-from exptorch.rundir import atomic_path
+from exptorch.rundir import atomic_files
 
 if TYPE_CHECKING:
     import torch
@@ -16,12 +26,26 @@ if TYPE_CHECKING:
 
 #: Prefixes that torch.compile and DistributedDataParallel add to parameter names.
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+#: What ``--keep`` accepts: every epoch, only the newest, or the best and the newest.
+KEEP_CHOICES = ("all", "last", "best")
+
+_NAME = re.compile(r"^epoch-(\d+)(?:-step-(\d+))?\.")
+
+
+def checkpoint_name(epoch: int, suffix: str, step: int | None = None) -> str:
+    """``epoch-003.pt`` for a finished epoch, ``epoch-003-step-000250.pt`` inside one."""
+    within = f"-step-{step:06d}" if step is not None else ""
+    return f"epoch-{epoch:03d}{within}{suffix}"
 
 
 def save_checkpoint(fmt: CheckpointFormat, checkpoint: Checkpoint, path: Path) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically: the previous file survives any crash."""
-    with atomic_path(path) as tmp:
-        fmt.save(checkpoint, tmp)
+    """Write ``checkpoint`` to ``path`` atomically: the previous files survive any crash.
+
+    The format writes into a hidden staging folder; every file is fsynced and
+    moved into place, the main file last (see :func:`exptorch.rundir.atomic_files`).
+    """
+    with atomic_files(path) as staged:
+        fmt.save(checkpoint, staged)
     return path
 
 
@@ -40,28 +64,41 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return cleaned
 
 
+def formats(plugins: Plugins) -> dict[str, CheckpointFormat]:
+    """Every registered checkpoint format, by name."""
+    return {
+        name: plugins.get("checkpoint format", name).factory()
+        for name in plugins.names("checkpoint format")
+    }
+
+
 def format_for(plugins: Plugins, path: Path) -> tuple[str, CheckpointFormat]:
-    """The registered format whose suffix ``path`` has."""
-    for name in plugins.names("checkpoint format"):
-        fmt = plugins.get("checkpoint format", name).factory()
-        if path.name.endswith(fmt.suffix):
-            return name, fmt
-    suffixes = ", ".join(
-        plugins.get("checkpoint format", n).factory().suffix
-        for n in plugins.names("checkpoint format")
-    )
-    raise ExptError(f"{path} is not a checkpoint file this install can read (known: {suffixes}).")
+    """The registered format whose suffix ``path`` has (the longest match wins)."""
+    matches = [
+        (len(fmt.suffix), name, fmt)
+        for name, fmt in formats(plugins).items()
+        if path.name.endswith(fmt.suffix)
+    ]
+    if not matches:
+        suffixes = ", ".join(sorted(fmt.suffix for fmt in formats(plugins).values()))
+        raise ExptError(
+            f"{path} is not a checkpoint file this install can read (known: {suffixes})."
+        )
+    _, name, fmt = max(matches, key=lambda m: m[0])
+    return name, fmt
 
 
 def load_checkpoint(
     plugins: Plugins, path: Path, *, map_location: Any = "cpu", trust: bool = False
 ) -> Checkpoint:
-    """Load any checkpoint file, choosing the format by its suffix.
+    """Load any checkpoint file (or a run folder's newest), choosing the format by its suffix.
 
-    A missing, truncated or foreign file raises :class:`ExptError` naming the file.
+    ``map_location`` defaults to the CPU, so a checkpoint written on a GPU loads
+    anywhere. A missing, truncated or foreign file raises :class:`ExptError`
+    naming the file; ``trust`` allows formats that run pickled code (``full``).
     """
     if path.is_dir():
-        path = latest_checkpoint(path)
+        path = latest_checkpoint(path, plugins)
     if not path.is_file():
         raise ExptError(f"Checkpoint {path} does not exist.")
     name, fmt = format_for(plugins, path)
@@ -78,10 +115,96 @@ def load_checkpoint(
     return checkpoint
 
 
-def latest_checkpoint(folder: Path) -> Path:
+def _order(path: Path) -> tuple[int, float]:
+    match = _NAME.match(path.name)
+    assert match is not None
+    epoch, step = match.groups()
+    return int(epoch), (int(step) if step is not None else math.inf)
+
+
+def checkpoint_files(folder: Path, suffixes: Iterable[str]) -> list[Path]:
+    """The main files of the checkpoints in ``folder``, oldest first (companions excluded)."""
+    suffixes = tuple(suffixes)
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and _NAME.match(p.name) and p.name.endswith(suffixes)
+    ]
+    # A companion (``x.safetensors.json``) never ends with a format's suffix unless it is one.
+    found = [p for p in found if not any(p.name.startswith(q.name + ".") for q in found)]
+    return sorted(found, key=_order)
+
+
+def latest_checkpoint(folder: Path, plugins: Plugins) -> Path:
     """The newest checkpoint in a run folder (or its ``checkpoints/`` folder)."""
     where = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
-    files = sorted(p for p in where.glob("epoch-*") if p.is_file() and not p.name.startswith("."))
+    suffixes = [fmt.suffix for fmt in formats(plugins).values()]
+    files = checkpoint_files(where, suffixes) if where.is_dir() else []
     if not files:
         raise ExptError(f"{folder} holds no checkpoint.")
     return files[-1]
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint: its main file first (so it stops counting), then its companions."""
+    path.unlink(missing_ok=True)
+    for companion in path.parent.glob(glob_escape(path.name) + ".*"):
+        companion.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def prune_checkpoints(
+    folder: Path, suffixes: Iterable[str], keep: str, newest: Path, best: Path | None
+) -> list[Path]:
+    """Apply ``--keep`` after ``newest`` was written; return the checkpoints removed.
+
+    ``all`` keeps every finished epoch, ``last`` only ``newest``, ``best`` the
+    best epoch and ``newest`` (to resume from). Checkpoints written inside an
+    interrupted epoch are removed under every policy once a later one exists.
+    """
+    if keep not in KEEP_CHOICES:
+        raise ExptError(f"--keep must be one of {', '.join(KEEP_CHOICES)}, not {keep!r}.")
+    removed = []
+    for path in checkpoint_files(folder, suffixes):
+        if path == newest:
+            continue
+        partial = _order(path)[1] != math.inf
+        if partial or keep == "last" or (keep == "best" and path != best):
+            remove_checkpoint(path)
+            removed.append(path)
+    return removed
+
+
+def build_model(plugins: Plugins, checkpoint: Checkpoint) -> torch.nn.Module:
+    """The model a checkpoint holds, with its weights, in eval mode, on the CPU.
+
+    A ``full`` checkpoint carries the module itself; otherwise the model plugin
+    named in the checkpoint is called with the recorded options (those marked
+    ``initial_weights`` reset to their defaults) and the weights are loaded.
+    """
+    from exptorch.types import DatasetInfo
+
+    if checkpoint.module is not None:
+        module: torch.nn.Module = checkpoint.module
+        return module.cpu().eval()
+    meta = checkpoint.meta
+    if "model" not in meta or "info" not in meta:
+        raise ExptError("The checkpoint does not say which model it holds (no model in its meta).")
+    reg = plugins.get("model", meta["model"])
+    options = dict(meta.get("model_options", {}))
+    for opt in reg.options:
+        if opt.initial_weights or opt.name not in options:
+            options[opt.name] = opt.default
+    model: torch.nn.Module = reg.factory(DatasetInfo.from_dict(meta["info"]), **options)
+    try:
+        model.load_state_dict(checkpoint.model_state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ExptError(
+            f"The checkpoint's weights do not fit model {meta['model']!r} as this install "
+            f"builds it ({first})."
+        ) from None
+    return model.eval()

@@ -52,7 +52,14 @@ class RunConfig:
     weight_decay: float = _opt(0.0, "Weight decay.", minimum=0)
     seed: int | None = _opt(None, "Random seed. [default: a random one, recorded]")
     log_every: int = _opt(100, "Log the training loss every N steps.", minimum=1)
-    checkpoint_format: str = _opt("state_dict", "How checkpoints are written.")
+    checkpoint_format: str = _opt(
+        "state_dict", "How checkpoints are written: state_dict, safetensors or full."
+    )
+    keep: str = _opt(
+        "all",
+        "Checkpoints to keep: every epoch, the newest, or the best test accuracy and the newest.",
+        choices=("all", "last", "best"),
+    )
     runs_dir: str = _opt("runs", "Folder that holds run folders.")
     name: str | None = _opt(None, "Run folder name. [default: MODEL-DATASET-TIME]")
     limit_train_batches: int | None = _opt(None, "Train on at most N batches per epoch.", minimum=1)
@@ -134,18 +141,24 @@ def resolve_config(
     explicit: Iterable[str] = (),
     config_file: Path | None = None,
     plugin_options: Iterable[Option] = (),
+    base: Mapping[str, Any] | None = None,
 ) -> RunConfig:
-    """Merge defaults, then the config file, then the flags the user actually gave.
+    """Merge defaults (or ``base``), then the config file, then the flags the user actually gave.
 
     :param flags: every option's value as the CLI parsed it (defaults included).
     :param explicit: the names of the options given on the command line.
     :param config_file: an optional TOML file whose keys are option names.
     :param plugin_options: options declared by plugins, accepted in both places.
+    :param base: a saved configuration (``RunConfig.to_dict()``) that replaces the
+        defaults, as ``expt run --resume`` uses the resumed run's own settings.
     """
     core = {f.name: f for f in config_fields()}
     extras = {opt.name: opt for opt in plugin_options}
     values: dict[str, Any] = {}
     options: dict[str, Any] = {opt.name: opt.default for opt in extras.values()}
+    if base is not None:
+        values.update({k: v for k, v in base.items() if k in core})
+        options.update(base.get("options") or {})
 
     file_values = read_config_file(config_file) if config_file is not None else {}
     for key, value in file_values.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -39,6 +40,50 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_files(path: Path) -> Iterator[Path]:
+    """Like :func:`atomic_path`, for a file that may come with companion files.
+
+    Yields ``path``'s name inside a hidden staging folder beside it; the body
+    writes the main file there, plus any companions named ``path.name`` + a
+    further suffix. On success every file is fsynced and moved into place,
+    the companions first and the main file last, so the main file's presence
+    means the whole set is there. If the body raises, or the process dies, the
+    staging folder is all that is left (removed here, or by
+    :func:`remove_stale_staging` later) and what was at ``path`` is untouched.
+    """
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging.mkdir()
+    try:
+        yield staging / path.name
+        staged = sorted(staging.iterdir())
+        if not (staging / path.name).is_file():
+            raise FileNotFoundError(f"nothing was written to {path}")
+        for item in staged:
+            with open(item, "rb+") as fh:
+                os.fsync(fh.fileno())
+        if len(staged) > 1 and path.exists():
+            path.unlink()  # never leave an old main file beside new companions
+        for item in staged:
+            if item.name != path.name:
+                os.replace(item, path.parent / item.name)
+        os.replace(staging / path.name, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.rmdir()
+    _fsync_dir(path.parent)
+
+
+def remove_stale_staging(folder: Path) -> None:
+    """Remove the staging folders and temporary files a killed process left in ``folder``."""
+    for item in folder.glob(".*.tmp-*"):
+        if item.is_dir():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -105,6 +150,32 @@ class RunDir:
         run = cls(runs_dir / name)
         run.checkpoints.mkdir()
         return run
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        """An existing run folder, to continue it (``expt run --resume``)."""
+        if not (path / "checkpoints").is_dir():
+            raise ExptError(f"{path} is not a run folder (it has no checkpoints/ folder).")
+        return cls(path)
+
+    def read_state(self) -> dict[str, Any]:
+        path = self.path / "state.json"
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def truncate_metrics(self, step: int) -> int:
+        """Drop the records after ``step`` (a resumed run writes them again); return how many."""
+        if not self.metrics_path.exists():
+            return 0
+        records = read_metrics(self.metrics_path)
+        kept = [r for r in records if int(r.get("step", 0)) <= step]
+        if len(kept) != len(records):
+            with atomic_path(self.metrics_path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return len(records) - len(kept)
 
     def write_config(self, data: Mapping[str, Any]) -> None:
         write_json(self.path / "config.json", data)

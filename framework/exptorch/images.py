@@ -1,0 +1,97 @@
+"""Reading image files into the ``uint8`` tensors exptorch trains and predicts on.
+
+One function, :func:`load_image`, used by the ``folder`` dataset when it decodes
+its images and by ``expt predict`` for new ones, so both see a file the same way:
+
+* EXIF orientation is applied (phone photos come out upright);
+* transparency (RGBA, LA, palette images with a transparent colour) is composited
+  over a white background;
+* 16-bit and 32-bit greyscale is scaled to 0-255; CMYK is converted to RGB;
+* the result has the channels the model expects: ``L`` (1 channel, ITU-R 601-2
+  luma) or ``RGB`` (3 channels, grey repeated);
+* it is resized to ``(height, width)`` with Pillow's bilinear filter (which
+  antialiases when shrinking), stretching rather than cropping, like
+  torchvision's ``Resize((height, width))``.
+
+Pillow and numpy are imported inside the functions, as is torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exptorch.errors import ExptError
+
+if TYPE_CHECKING:
+    import torch
+
+#: File name endings treated as images when a folder is read (as torchvision's ImageFolder).
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif",
+)  # fmt: skip
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _flatten(img: Any, mode: str) -> Any:
+    """Convert a Pillow image of any mode to ``L`` or ``RGB``."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 255.0 if values.max(initial=0) <= 255 else 65535.0
+        img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert(mode)
+
+
+def load_image(path: Path, *, channels: int, height: int, width: int) -> torch.Tensor:
+    """Read one image file as a ``uint8`` tensor of shape ``(channels, height, width)``.
+
+    Raises :class:`ExptError` naming the file when it is not an image Pillow can
+    read or it is truncated.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if channels not in (1, 3):
+        raise ExptError(f"Images can be read with 1 or 3 channels, not {channels}.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            flat = _flatten(upright, "L" if channels == 1 else "RGB")
+            resized = flat.resize((width, height), Image.Resampling.BILINEAR)
+    except FileNotFoundError:
+        raise ExptError(f"{path} does not exist.") from None
+    except IsADirectoryError:
+        raise ExptError(f"{path} is a folder, not an image file.") from None
+    except UnidentifiedImageError:
+        raise ExptError(f"{path} is not an image file Pillow can read.") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ExptError(f"{path} is truncated or damaged ({exc}).") from None
+    array = np.asarray(resized, dtype=np.uint8)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def is_greyscale(path: Path) -> bool:
+    """Whether an image file is stored as greyscale (used to pick 1 or 3 channels)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.mode in GREY_MODES
+    except Exception:
+        return False  # load_image reports the file properly
