@@ -1,0 +1,205 @@
+"""Logger ``wandb`` with the real ``wandb`` package, offline, read back from its ``.wandb`` file.
+
+wandb 0.30+ has no public reader for offline runs, so :func:`read_wandb` parses the
+record log itself: a 7-byte header, then 32 KiB blocks of chunks (checksum, length,
+type: full/first/middle/last) that join into ``wandb_internal_pb2.Record`` messages.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exptorch.config import RunConfig
+from exptorch.plugins import NO_AUTOLOAD_ENV, load_plugins
+from exptorch.rundir import read_metrics
+from exptorch.train import run_experiment
+from exptorch.types import RunContext
+
+wandb = pytest.importorskip("wandb")
+from wandb.proto import wandb_internal_pb2  # noqa: E402
+
+BLOCK = 32768
+HEADER = 7
+
+
+def read_wandb(path: Path) -> dict[str, Any]:
+    """Run id, config, history rows and final summary from one ``run-ID.wandb`` file."""
+    data = path.read_bytes()
+    ident, magic, version = struct.unpack("<4sHB", data[:HEADER])
+    assert (ident, magic, version) == (b":W&B", 0xBEE1, 0)
+    payloads, pending, pos = [], b"", HEADER
+    while pos + HEADER <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < HEADER:  # the rest of a block too small for a chunk header is padding
+            pos += left
+            continue
+        _checksum, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        chunk = data[pos + HEADER : pos + HEADER + length]
+        pos += HEADER + length
+        if kind == 1:
+            payloads.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            payloads.append(pending + chunk)
+    out: dict[str, Any] = {"run_id": None, "config": {}, "history": [], "summary": {}, "exit": None}
+
+    def key(item: Any) -> str:
+        return item.key or ".".join(item.nested_key)
+
+    for payload in payloads:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out["run_id"] = record.run.run_id
+            out["tags"] = list(record.run.tags)
+            for item in record.run.config.update:
+                out["config"][key(item)] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in record.config.update:
+                out["config"][key(item)] = json.loads(item.value_json)
+        elif kind == "history":
+            out["history"].append({key(i): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            for item in record.summary.update:
+                out["summary"][key(item)] = json.loads(item.value_json)
+        elif kind == "exit":
+            out["exit"] = record.exit.exit_code
+    return out
+
+
+def wandb_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("wandb/*run-*/run-*.wandb"))
+
+
+@pytest.fixture(scope="module")
+def wandb_env(tmp_path_factory: pytest.TempPathFactory):
+    """Keep W&B's user-level files out of the home folder and any real key out of the test."""
+    home = tmp_path_factory.mktemp("wandb-home")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT", "WANDB_BASE_URL"):
+            mp.delenv(name, raising=False)
+        for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+            mp.setenv(name, str(home / name.lower()))
+        yield mp
+
+
+def quick_config(root: Path, **overrides: Any) -> RunConfig:
+    values: dict[str, Any] = dict(
+        dataset="fashion-mnist-sample", device="cpu", epochs=2, seed=0,
+        runs_dir=str(root / "runs"), name="w", limit_train_batches=10, limit_eval_batches=2,
+        log_every=5, logger=["wandb"],
+        options={"wandb_mode": "offline", "wandb_project": "exptorch-tests", "wandb_tags": "a,b"},
+    )  # fmt: skip
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def offline_run(wandb_env, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real two-epoch run logged offline to W&B, shared by the assertions below."""
+    root = tmp_path_factory.mktemp("wandb-run")
+    plugins = load_plugins(environ={NO_AUTOLOAD_ENV: "1"})
+    return run_experiment(quick_config(root), plugins, echo=lambda _: None)
+
+
+def test_history_config_and_summary(offline_run: Path) -> None:
+    (file,) = wandb_files(offline_run)
+    assert file.is_relative_to(offline_run / "wandb")  # W&B's files live in the run folder
+    logged = read_wandb(file)
+    assert logged["run_id"] == json.loads((offline_run / "wandb.json").read_text())["id"]
+    assert logged["tags"] == ["a", "b"]
+
+    config = logged["config"]
+    assert (config["model"], config["dataset"], config["lr"], config["epochs"]) == (
+        "quicknet",
+        "fashion-mnist-sample",
+        0.01,
+        2,
+    )
+    assert config["dataset_info"]["classes"][0] == "T-shirt/top"
+
+    history = logged["history"]
+    steps = [row["_step"] for row in history]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)  # one row per step, growing
+    train = [(row["_step"], row["train_loss"]) for row in history if "train_loss" in row]
+    tests = [row for row in history if "test_accuracy" in row]
+    records = read_metrics(offline_run / "metrics.jsonl")
+    assert train == [
+        (r["step"], pytest.approx(r["train_loss"])) for r in records if "train_loss" in r
+    ]
+    expected = [r for r in records if "test_accuracy" in r]
+    assert [(r["_step"], r["test_accuracy"], r["test_loss"]) for r in tests] == [
+        (r["step"], pytest.approx(r["test_accuracy"]), pytest.approx(r["test_loss"]))
+        for r in expected
+    ]
+    assert all(row["test_predictions._type"] == "images/separated" for row in tests)
+    assert all(row["test_predictions.count"] == 16 for row in tests)
+    images = sorted((file.parent / "files" / "media" / "images").glob("test_predictions_*.png"))
+    assert len(images) == 2 * 16
+
+    summary = logged["summary"]
+    assert summary["test_accuracy"] == pytest.approx(expected[-1]["test_accuracy"])  # final
+    assert summary["best_test_accuracy"] == pytest.approx(max(r["test_accuracy"] for r in expected))
+    assert summary["best_test_loss"] == pytest.approx(min(r["test_loss"] for r in expected))
+    assert summary["state"] == "finished"
+    assert logged["exit"] == 0
+
+
+def test_resumed_run_keeps_its_wandb_id_and_steps_grow(offline_run: Path) -> None:
+    from exptorch_plugins.wandb import WandbLogger
+
+    saved = json.loads((offline_run / "wandb.json").read_text())
+    config = RunConfig.from_dict(json.loads((offline_run / "config.json").read_text())["config"])
+    resumed = RunContext(run_dir=offline_run, config=config, start_epoch=3, resumed=True)
+    logger = WandbLogger(resumed, wandb_mode="offline")
+    assert logger.run_id == saved["id"]
+    logger.log_metrics({"train_loss": 0.5}, step=15)  # below the last step: must not go back
+    logger.log_metrics({"test_accuracy": 0.01, "test_loss": 9.0}, step=30)
+    logger.finish("finished")
+
+    files = wandb_files(offline_run)
+    assert len(files) == 2
+    second = read_wandb(files[-1])
+    assert second["run_id"] == saved["id"]
+    assert [row["_step"] for row in second["history"]] == [saved["last_step"] + 1, 30]
+    assert second["summary"]["best_test_accuracy"] == pytest.approx(saved["best"]["test_accuracy"])
+    assert json.loads((offline_run / "wandb.json").read_text())["last_step"] == 30
+
+
+def test_unreachable_server_falls_back_to_offline(wandb_env, tmp_path: Path, caplog, capsys):
+    wandb_env.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on port 9
+    wandb_env.setenv("WANDB_API_KEY", "local-" + "ab12" * 10)
+    plugins = load_plugins(environ={NO_AUTOLOAD_ENV: "1"})
+    config = quick_config(
+        tmp_path, epochs=1, limit_train_batches=3,
+        options={"wandb_mode": "online", "wandb_timeout": 5.0},
+    )  # fmt: skip
+    run = run_experiment(config, plugins, echo=lambda _: None)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    (file,) = wandb_files(run)
+    folder = file.parent
+    assert "offline-run-" in folder.name
+    assert "logging offline instead" in warnings[0].getMessage()
+    assert f"wandb sync {folder.resolve()}" in warnings[0].getMessage()
+    assert f"wandb sync {folder.resolve()}" in capsys.readouterr().err
+    assert json.loads((run / "state.json").read_text())["state"] == "finished"
+    assert read_wandb(file)["history"]  # the metrics are in the offline run
+
+
+def test_disabled_mode_writes_no_wandb_files(wandb_env, tmp_path: Path) -> None:
+    plugins = load_plugins(environ={NO_AUTOLOAD_ENV: "1"})
+    config = quick_config(tmp_path, epochs=1, limit_train_batches=2,
+                          options={"wandb_mode": "disabled"})  # fmt: skip
+    run = run_experiment(config, plugins, echo=lambda _: None)
+    assert not wandb_files(run)
+    assert json.loads((run / "state.json").read_text())["state"] == "finished"
