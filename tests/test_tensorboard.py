@@ -1,0 +1,166 @@
+"""Logger ``tensorboard`` in depth, and several loggers at once with one of them failing.
+
+One real run with ``--logger tensorboard --logger exploding`` (a logger that raises
+on every call) serves every assertion; events are read back with ``EventAccumulator``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+from exptorch import Logger, hookimpl
+from exptorch.config import RunConfig
+from exptorch.plugins import NO_AUTOLOAD_ENV, load_plugins
+from exptorch.rundir import read_metrics
+from exptorch.train import GuardedLogger, run_experiment
+
+LOGGER_METHODS = ["log_metrics", "log_hparams", "log_images", "log_graph", "flush", "finish"]
+
+
+class Exploding(Logger):
+    """Raises on every call of every method."""
+
+    def __init__(self, run: Any) -> None:
+        pass
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in LOGGER_METHODS:
+
+            def boom(*args: Any) -> None:
+                raise ConnectionError(f"{name}: tracking server went away")
+
+            return boom
+        return super().__getattribute__(name)
+
+
+class Plugin:
+    """Registers the exploding logger and looks at the event file at the end of epoch 1."""
+
+    def __init__(self) -> None:
+        self.live_scalars: list[str] = []
+
+    @hookimpl
+    def register_loggers(self, register: Any) -> None:
+        register("exploding", Exploding)
+
+    @hookimpl
+    def epoch_end(self, run: Any, epoch: int, metrics: Mapping[str, float]) -> None:
+        if epoch == 1:  # what a live TensorBoard sees while the run goes on
+            events = EventAccumulator(str(run.run_dir))
+            events.Reload()
+            self.live_scalars = events.Tags()["scalars"]
+
+
+@pytest.fixture(scope="module")
+def tb_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Plugin, list[str]]:
+    root = tmp_path_factory.mktemp("tb")
+    plugin = Plugin()
+    plugins = load_plugins(extra=[("exploding", plugin)], environ={NO_AUTOLOAD_ENV: "1"})
+    config = RunConfig(
+        dataset="fashion-mnist-sample", device="cpu", epochs=2, seed=0, lr=0.02,
+        runs_dir=str(root / "runs"), name="tb", limit_train_batches=10, limit_eval_batches=2,
+        log_every=5, logger=["exploding", "tensorboard"],
+    )  # fmt: skip
+    handler = _Collect()
+    logging.getLogger("exptorch").addHandler(handler)
+    try:
+        run = run_experiment(config, plugins, echo=lambda _: None)
+    finally:
+        logging.getLogger("exptorch").removeHandler(handler)
+    return run, plugin, handler.messages
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def events(tb_run: tuple[Path, Plugin, list[str]]) -> EventAccumulator:
+    acc = EventAccumulator(str(tb_run[0]), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_scalars_including_learning_rate(tb_run, events: EventAccumulator) -> None:
+    records = read_metrics(tb_run[0] / "metrics.jsonl")
+    tests = [r for r in records if "test_accuracy" in r]
+    assert [e.step for e in events.Scalars("train_loss")] == [5, 10, 15, 20]
+    assert [e.step for e in events.Scalars("lr")] == [10, 20]
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([0.02, 0.02])
+    assert [e.value for e in events.Scalars("test_accuracy")] == pytest.approx(
+        [r["test_accuracy"] for r in tests]
+    )
+    assert tb_run[1].live_scalars and "test_accuracy" in tb_run[1].live_scalars  # flushed
+
+
+def test_hparams_with_final_metrics_in_the_runs_own_folder(tb_run, events) -> None:
+    run = tb_run[0]
+    assert [p.parent for p in run.rglob("events.out.tfevents.*")] == [run]  # no sub-folder
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    metrics = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert {"test_accuracy", "test_loss"} <= metrics
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
+    assert hparams["lr"].number_value == pytest.approx(0.02)
+    assert hparams["model"].string_value == "quicknet"
+    assert hparams["logger"].string_value == "exploding,tensorboard"
+    end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"])
+    assert end.session_end_info.status == api_pb2.STATUS_SUCCESS
+
+
+def test_prediction_grid_after_each_epoch(events: EventAccumulator) -> None:
+    images = events.Images("test_predictions")
+    assert [i.step for i in images] == [10, 20]
+    # 16 tiles of 112 px, 8 per row, each with a caption strip below the image
+    assert (images[0].width, images[0].height) == (8 * 112, 2 * (112 + 28))
+    assert images[0].encoded_image_string.startswith(b"\x89PNG")
+
+
+def test_model_graph(events: EventAccumulator) -> None:
+    assert events.Tags()["graph"]
+    nodes = {node.op for node in events.Graph().node}
+    assert any("conv" in op.lower() for op in nodes), nodes
+
+
+def test_failing_logger_is_reported_once_and_the_run_finishes(tb_run) -> None:
+    run, _, messages = tb_run
+    assert json.loads((run / "state.json").read_text())["state"] == "finished"
+    failures = [m for m in messages if "logger 'exploding' failed" in m]
+    assert len(failures) == 1 and "tracking server went away" in failures[0]
+    assert len([r for r in read_metrics(run / "metrics.jsonl") if "test_accuracy" in r]) == 2
+
+
+def test_guarded_logger_covers_every_logger_method(caplog) -> None:
+    public = sorted(n for n in vars(Logger) if not n.startswith("_"))
+    assert public == sorted(LOGGER_METHODS)
+    assert all(name in vars(GuardedLogger) for name in public)  # none bypasses the guard
+    args = {
+        "log_metrics": ({"x": 1.0}, 1),
+        "log_hparams": ({"lr": 0.1}, {"x": 1.0}),
+        "log_images": ("tag", None, [], 1),
+        "log_graph": (None, None),
+        "flush": (),
+        "finish": ("finished",),
+    }
+    for method in LOGGER_METHODS:
+        caplog.clear()
+        guarded = GuardedLogger("exploding", Exploding(None))
+        getattr(guarded, method)(*args[method])
+        for other in LOGGER_METHODS:  # switched off: later calls neither raise nor warn
+            getattr(guarded, other)(*args[other])
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and f"failed in {method}" in warnings[0]
