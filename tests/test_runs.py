@@ -1,0 +1,136 @@
+"""`expt runs` on real run folders: finished, interrupted, failed and crashed runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exptorch import ExptError, hookimpl
+from exptorch.config import RunConfig
+from exptorch.plugins import NO_AUTOLOAD_ENV, load_plugins
+from exptorch.train import run_experiment
+
+
+class Ending:
+    """Ends the run called ``interrupted`` with Ctrl-C and ``failed`` with an error."""
+
+    @hookimpl
+    def epoch_end(self, run: Any, epoch: int) -> None:
+        if run.config.name == "interrupted":
+            raise KeyboardInterrupt
+        if run.config.name == "failed":
+            raise ExptError("the disk is full")
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    plugins = load_plugins(extra=[("ending", Ending())], environ={NO_AUTOLOAD_ENV: "1"})
+
+    def run(name: str, **overrides: Any) -> None:
+        values: dict[str, Any] = dict(
+            dataset="fashion-mnist-sample", device="cpu", epochs=2, seed=0, runs_dir=str(root),
+            name=name, limit_train_batches=3, limit_eval_batches=1, log_every=1,
+        )  # fmt: skip
+        values.update(overrides)
+        run_experiment(RunConfig(**values), plugins, echo=lambda _: None)
+
+    run("base")
+    run("faster", lr=0.05, momentum=0.9)
+    with pytest.raises(KeyboardInterrupt):
+        run("interrupted", epochs=3)
+    with pytest.raises(ExptError):
+        run("failed")
+    # A process killed outright leaves state.json saying "running" with its pid.
+    crashed = root / "crashed"
+    crashed.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        (crashed / name).write_bytes((root / "base" / name).read_bytes())
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    state = json.loads((root / "base" / "state.json").read_text())
+    state.update(state="running", epoch=1, pid=gone.pid)
+    (crashed / "state.json").write_text(json.dumps(state))
+    (root / "not-a-run").mkdir()
+    return root
+
+
+def test_list(expt, runs_dir: Path) -> None:
+    rows = json.loads(
+        expt("runs", "list", "--runs-dir", str(runs_dir), "--json", check=True).stdout
+    )
+    by_name = {row["name"]: row for row in rows}
+    assert set(by_name) == {"base", "faster", "interrupted", "failed", "crashed"}
+    assert {n: r["state"] for n, r in by_name.items()} == {
+        "base": "finished",
+        "faster": "finished",
+        "interrupted": "interrupted",
+        "failed": "failed",
+        "crashed": "crashed",
+    }
+    assert {n: (r["epochs_done"], r["epochs"]) for n, r in by_name.items()} == {
+        "base": (2, 2),
+        "faster": (2, 2),
+        "interrupted": (0, 3),
+        "failed": (0, 2),
+        "crashed": (1, 2),
+    }
+    base = by_name["base"]
+    assert (base["model"], base["dataset"]) == ("quicknet", "fashion-mnist-sample")
+    assert 0 <= base["best_accuracy"] <= 1
+
+    text = expt("runs", "list", "--runs-dir", str(runs_dir), check=True).stdout
+    lines = text.splitlines()
+    assert lines[0].split() == ["name", "model", "dataset", "epochs", "best", "acc", "state"]
+    crashed_line = next(line for line in lines if line.startswith("crashed"))
+    assert crashed_line.split()[-1] == "crashed" and " 1/2 " in crashed_line
+    assert f"{100 * base['best_accuracy']:.2f}%" in next(x for x in lines if x.startswith("base"))
+
+
+def test_show(expt, runs_dir: Path) -> None:
+    out = json.loads(
+        expt("runs", "show", "base", "--runs-dir", str(runs_dir), "--json", check=True).stdout
+    )
+    assert out["config"]["config"]["lr"] == 0.01
+    assert [r["epoch"] for r in out["epochs_metrics"]] == [1, 2]
+    assert out["state_info"]["state"] == "finished"
+    text = expt("runs", "show", "crashed", "--runs-dir", str(runs_dir), check=True).stdout
+    assert "state: crashed" in text and "process" in text
+    assert "epoch  step  train_loss" in text
+
+
+def test_compare(expt, runs_dir: Path) -> None:
+    args = ("runs", "compare", "base", "faster", "interrupted", "--runs-dir", str(runs_dir))
+    out = json.loads(expt(*args, "--json", check=True).stdout)
+    assert out["runs"] == ["base", "faster", "interrupted"]
+    rows = out["rows"]
+    assert rows["config.lr"] == [0.01, 0.05, 0.01]
+    assert rows["config.momentum"] == [0.0, 0.9, 0.0]
+    assert rows["state"] == ["finished", "finished", "interrupted"]
+    assert "config.seed" not in rows  # only what differs
+    text = expt(*args, check=True).stdout
+    assert text.splitlines()[0].split() == ["base", "faster", "interrupted"]
+    assert any(line.startswith("config.lr") for line in text.splitlines())
+
+
+def test_unknown_run_is_one_sentence(expt, runs_dir: Path) -> None:
+    result = expt("runs", "show", "nope", "--runs-dir", str(runs_dir))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: No run 'nope' in {runs_dir}; see `expt runs list --runs-dir {runs_dir}`."
+    )
+
+
+def test_plot(expt, runs_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = expt(
+        "runs", "plot", "base", "faster", "--runs-dir", str(runs_dir), "--output", "curves.png",
+        check=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == "wrote curves.png"
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
