@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
-from exptorch import ExptError, hookimpl
+from exptorch import Checkpoint, ExptError, Option, hookimpl
+from exptorch.checkpoint import load_checkpoint
 from exptorch.plugins import load_plugins
+from exptorch.testing import make_plugins, run_expt
 
 BUILTINS = {
     "model": {"quicknet", "vgg16"},
     "dataset": {"cifar10", "fashion-mnist", "fashion-mnist-sample", "folder"},
     "device": {"auto", "cpu", "cuda", "mps"},
-    "logger": {"tensorboard"},
+    "logger": {"tensorboard", "wandb"},
     "checkpoint format": {"full", "safetensors", "state_dict"},
 }
 
@@ -69,7 +73,7 @@ def site(tmp_path: Path) -> Path:
 
 def test_builtins_are_registered(plugins) -> None:
     for kind, names in BUILTINS.items():
-        assert set(plugins.names(kind)) == names
+        assert names <= set(plugins.names(kind))
     assert all(source.distribution == "exptorch" for source in plugins.sources.values())
 
 
@@ -192,3 +196,183 @@ def test_trace_mode_prints_hook_calls(capsys) -> None:
     plugins = load_plugins(environ={"EXPT_TRACE_HOOKS": "1", "EXPT_DISABLE_PLUGIN_AUTOLOAD": "1"})
     plugins.names("model")
     assert "register_models" in capsys.readouterr().err
+
+
+# --- load order and override rules ------------------------------------------------------------
+
+MODEL_PLUGIN = """
+from exptorch import hookimpl
+
+def build(info, **options):
+    from exptorch_plugins.networks import QuickNet
+    return QuickNet(info.channels, info.height, info.width, info.num_classes)
+
+@hookimpl
+def register_models(register):
+    register({name!r}, build, description={description!r})
+"""
+
+
+def model_plugin(name: str, description: str) -> str:
+    return MODEL_PLUGIN.format(name=name, description=description)
+
+
+def test_builtins_first_then_third_party_by_distribution(tmp_path: Path, monkeypatch) -> None:
+    # "aaa-..." sorts before "exptorch", yet the built-ins still load first.
+    for dist, module in (("zzz-models", "zzz_plugin"), ("aaa-models", "aaa_plugin")):
+        make_distribution(
+            tmp_path / dist,
+            dist,
+            {module: module},
+            {module: model_plugin("shared", f"from {dist}")},
+        )
+        monkeypatch.syspath_prepend(str(tmp_path / dist))
+    plugins = load_plugins(environ={})
+    order = [name for name, _ in plugins.pm.list_name_plugin()]
+    assert order.index("quicknet") < order.index("aaa_plugin") < order.index("zzz_plugin")
+    with pytest.raises(ExptError, match=r"'aaa_plugin' \(aaa-models\) and 'zzz_plugin'"):
+        plugins.get("model", "shared")
+    messages = {(p.plugin, p.message.split(";")[0]) for p in plugins.problems}
+    assert (
+        "zzz_plugin",
+        "model 'shared' is already registered by plugin 'aaa_plugin' (aaa-models)",
+    ) in messages
+
+
+def test_disabling_a_builtin_lets_a_third_party_plugin_take_its_name(
+    tmp_path: Path, monkeypatch
+) -> None:
+    site = make_distribution(
+        tmp_path / "site",
+        "better-quicknet",
+        {"better": "better_plugin"},
+        {"better_plugin": model_plugin("quicknet", "a better quicknet")},
+    )
+    monkeypatch.syspath_prepend(str(site))
+    with pytest.raises(ExptError, match=r"'quicknet' \(exptorch\) and 'better'"):
+        load_plugins(environ={}).get("model", "quicknet")
+    plugins = load_plugins(environ={"EXPT_DISABLE_PLUGINS": "quicknet"})
+    reg = plugins.get("model", "quicknet")
+    assert (reg.plugin, reg.description) == ("better", "a better quicknet")
+    assert plugins.source("better").distribution == "better-quicknet"
+    assert plugins.problems == []
+
+
+def test_same_plugin_name_in_two_distributions_names_both(tmp_path: Path, monkeypatch) -> None:
+    for dist in ("first-dist", "second-dist"):
+        module = dist.replace("-", "_")
+        make_distribution(
+            tmp_path / dist, dist, {"twin": module}, {module: model_plugin(module, dist)}
+        )
+        monkeypatch.syspath_prepend(str(tmp_path / dist))
+    plugins = load_plugins(environ={})
+    assert plugins.source("twin").distribution == "first-dist"
+    (problem,) = [p for p in plugins.problems if p.plugin == "twin"]
+    assert str(problem) == (
+        "plugin 'twin' (second-dist): not loaded: the name is already taken by first-dist"
+    )
+
+
+def test_trace_mode_in_the_cli(expt) -> None:
+    result = expt("plugins", env={"EXPT_TRACE_HOOKS": "1"}, check=True)
+    assert "register_models [hook]" in result.stderr
+    assert "register_models" not in expt("plugins", check=True).stderr
+
+
+# --- every hook, called through a plugin ------------------------------------------------------
+
+COMMAND_PLUGIN = """
+import click
+from exptorch import hookimpl
+
+@hookimpl
+def register_commands(cli):
+    @cli.command("hello")
+    @click.argument("who")
+    def hello(who):
+        \"\"\"Say hello.\"\"\"
+        click.echo(f"hello {who}")
+"""
+
+
+def test_register_commands_adds_a_command(expt, tmp_path: Path) -> None:
+    site = make_distribution(
+        tmp_path / "site", "expt-hello", {"hello": "hello_plugin"}, {"hello_plugin": COMMAND_PLUGIN}
+    )
+    env = {"PYTHONPATH": str(site)}
+    assert expt("hello", "world", env=env, check=True).stdout == "hello world\n"
+    assert "hello" in expt("--help", env=env, check=True).stdout
+    assert expt("hello", "world").returncode == 2  # not installed: no such command
+
+
+class EverythingPlugin:
+    """A device, a dataset with an option and a checkpoint format, from one plugin."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def register_devices(self, register):
+        def device(index):
+            self.calls.append(f"device {index}")
+            return torch.device("cpu")
+
+        register("slowcpu", device, description="the CPU under another name")
+
+    @hookimpl
+    def register_datasets(self, register):
+        def load(data_dir, download, stripes_count):
+            from exptorch.testing import tiny_splits
+
+            self.calls.append(f"dataset {stripes_count}")
+            return tiny_splits(train=stripes_count, test=32)
+
+        register("stripes", load, options=[Option("stripes_count", default=64, type=int)])
+
+    @hookimpl
+    def register_checkpoint_formats(self, register):
+        register("pickled", PickledFormat)
+
+
+class PickledFormat:
+    suffix = ".pkl"
+
+    def save(self, checkpoint: Checkpoint, path: Path) -> None:
+        torch.save(dataclasses.asdict(checkpoint), path)
+
+    def load(self, path: Path, *, map_location="cpu", trust=False) -> Checkpoint:
+        return Checkpoint(**torch.load(path, map_location=map_location, weights_only=False))
+
+
+def test_registration_hooks_for_devices_datasets_and_formats(tmp_path: Path) -> None:
+    plugin = EverythingPlugin()
+    plugins = make_plugins(("everything", plugin))
+    run = run_expt(
+        plugins, tmp_path, device="slowcpu", dataset="stripes", stripes_count=96,
+        checkpoint_format="pickled", echo=lambda _: None,
+    )  # fmt: skip
+    assert "dataset 96" in plugin.calls and "device None" in plugin.calls
+    config = json.loads((run / "config.json").read_text())
+    assert config["device"] == "cpu" and config["config"]["options"]["stripes_count"] == 96
+    checkpoint = load_checkpoint(plugins, run / "checkpoints" / "epoch-001.pkl")
+    assert checkpoint.epoch == 1 and checkpoint.step == 2  # 96 images in batches of 64
+
+
+class FlakyObserver:
+    @hookimpl
+    def epoch_end(self, run, epoch, metrics):
+        raise ValueError("dashboard unreachable")
+
+    @hookimpl
+    def run_end(self, run, state, metrics):
+        run.extras["ended"] = state
+
+
+def test_lifecycle_hook_that_raises_is_reported_and_the_run_finishes(tmp_path, caplog) -> None:
+    plugins = make_plugins(("flaky", FlakyObserver()))
+    run = run_expt(plugins, tmp_path, model="quicknet", epochs=2, echo=lambda _: None)
+    assert json.loads((run / "state.json").read_text())["state"] == "finished"
+    problems = [p for p in plugins.problems if p.plugin == "flaky"]
+    assert len(problems) == 2  # once per epoch, each time with the plugin's name
+    assert problems[0].message == "hook epoch_end raised ValueError: dashboard unreachable"
+    assert "plugin 'flaky' ((registered in code)): hook epoch_end raised" in caplog.text

@@ -1,0 +1,188 @@
+"""``exptorch.testing``: the helpers and fixtures plugin authors test their plugins with."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from test_plugins import make_distribution
+
+from exptorch import DatasetInfo, ExptError, Splits, hookimpl
+from exptorch.testing import TINY_DATASET, make_plugins, run_expt, tiny_splits
+
+
+class TinyModelPlugin:
+    """A model plugin with an option, as a plugin author would write one."""
+
+    @hookimpl
+    def register_models(self, register):
+        from exptorch import Option
+
+        register(
+            "linear",
+            self.build,
+            description="one linear layer",
+            options=[Option("linear_bias", default=True, is_flag=True, help="use a bias")],
+        )
+
+    @staticmethod
+    def build(info: DatasetInfo, linear_bias: bool = True) -> torch.nn.Module:
+        features = info.channels * info.height * info.width
+        return torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(features, info.num_classes, bias=linear_bias)
+        )
+
+
+@pytest.fixture
+def expt_plugin():
+    return ("tiny_model", TinyModelPlugin())
+
+
+def test_tiny_splits_is_a_real_balanced_slice() -> None:
+    splits = tiny_splits()
+    assert isinstance(splits, Splits)
+    assert splits.train_images.shape == (512, 1, 28, 28)
+    assert splits.train_images.dtype == torch.uint8 and splits.train_labels.dtype == torch.int64
+    assert splits.test_images.shape == (128, 1, 28, 28)
+    assert set(splits.train_labels.tolist()) == set(range(10))
+    assert splits.classes[0] == "T-shirt/top"
+    assert splits.train_images.float().std() > 50  # real pictures, not blank
+
+
+def test_expt_plugins_holds_builtins_tiny_dataset_and_the_plugin(expt_plugins) -> None:
+    assert "linear" in expt_plugins.names("model") and "quicknet" in expt_plugins.names("model")
+    assert TINY_DATASET in expt_plugins.names("dataset")
+    assert expt_plugins.get("model", "linear").plugin == "tiny_model"
+    assert expt_plugins.problems == []
+
+
+def test_expt_run_returns_the_run_folder(expt_run) -> None:
+    first = expt_run(model="linear", linear_bias=False, lr=0.1)
+    second = expt_run(model="linear", epochs=2)
+    assert (first.name, second.name) == ("run-1", "run-2")
+    config = json.loads((first / "config.json").read_text())
+    assert config["config"]["dataset"] == TINY_DATASET and config["device"] == "cpu"
+    assert config["config"]["options"]["linear_bias"] is False
+    assert (second / "checkpoints" / "epoch-002.pt").is_file()
+    state = json.loads((second / "state.json").read_text())
+    assert state["state"] == "finished" and state["epoch"] == 2
+
+
+def test_expt_run_reports_user_mistakes(expt_run) -> None:
+    with pytest.raises(ExptError, match=r"Unknown model 'nope'; available: .*linear"):
+        expt_run(model="nope")
+    with pytest.raises(TypeError, match=r"unknown expt run option\(s\) linear_bais; known: .*"):
+        expt_run(model="linear", linear_bais=False)
+
+
+def test_make_plugins_ignores_installed_third_party_plugins(tmp_path: Path, monkeypatch) -> None:
+    site = make_distribution(
+        tmp_path / "site",
+        "someone-elses-plugins",
+        {"elsewhere": "elsewhere_plugin"},
+        {
+            "elsewhere_plugin": """
+                from exptorch import hookimpl
+
+                @hookimpl
+                def register_models(register):
+                    register("elsewhere", lambda info: None)
+            """
+        },
+    )
+    monkeypatch.syspath_prepend(str(site))
+    plugins = make_plugins(("tiny_model", TinyModelPlugin()))
+    assert "elsewhere" not in plugins.names("model")
+    assert {s.distribution for s in plugins.sources.values()} == {
+        "exptorch",
+        "(registered in code)",
+    }
+
+
+def test_make_plugins_without_builtins_and_strict_problems() -> None:
+    plugins = make_plugins(("tiny_model", TinyModelPlugin()), builtins=False)
+    assert plugins.names("model") == ["linear"] and plugins.names("device") == []
+
+    class Broken:
+        @hookimpl
+        def register_models(self, register):
+            raise RuntimeError("forgot an import")
+
+    with pytest.raises(AssertionError, match=r"plugin 'broken'.*RuntimeError: forgot an import"):
+        make_plugins(("broken", Broken()))
+    lenient = make_plugins(("broken", Broken()), strict=False)
+    assert "quicknet" in lenient.names("model")  # registration hooks run lazily, here
+    assert [p.plugin for p in lenient.problems] == ["broken"]
+
+
+def test_run_expt_outside_pytest(tmp_path: Path) -> None:
+    lines: list[str] = []
+    plugins = make_plugins(("tiny_model", TinyModelPlugin()))
+    run = run_expt(plugins, tmp_path / "runs", model="linear", echo=lines.append)
+    assert run == tmp_path / "runs" / "run-1"
+    assert lines[0].startswith(f"run {run}: linear (") and lines[-1].startswith("finished")
+
+
+def test_fixtures_reach_a_plugin_authors_project(tmp_path: Path) -> None:
+    """A separate project gets the fixtures through the pytest11 entry point, no import needed."""
+    project = tmp_path / "project"
+    (project / "tests").mkdir(parents=True)
+    (project / "my_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from exptorch import hookimpl
+
+            def build(info):
+                return torch.nn.Sequential(
+                    torch.nn.Flatten(),
+                    torch.nn.Linear(info.channels * info.height * info.width, info.num_classes),
+                )
+
+            @hookimpl
+            def register_models(register):
+                register("mine", build)
+            """
+        )
+    )
+    (project / "tests" / "conftest.py").write_text(
+        "import pytest\nimport my_plugin\n\n\n"
+        "@pytest.fixture\ndef expt_plugin():\n    return my_plugin\n"
+    )
+    (project / "tests" / "test_mine.py").write_text(
+        textwrap.dedent(
+            """
+            def test_registered(expt_plugins):
+                assert expt_plugins.get("model", "mine").plugin == "my_plugin"
+
+            def test_trains(expt_run, expt_splits):
+                run = expt_run(model="mine", limit_train_batches=2)
+                assert (run / "checkpoints" / "epoch-001.pt").is_file()
+                assert len(expt_splits.test_labels) == 128
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=project,
+        env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
+def test_importing_exptorch_testing_is_cheap() -> None:
+    code = (
+        "import sys, exptorch.testing;"
+        "print(sorted(m for m in ('torch', 'torchvision', 'exptorch_plugins') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
