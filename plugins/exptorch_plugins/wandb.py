@@ -96,18 +96,22 @@ class WandbLogger(Logger):
 
         mode = _mode(wandb_mode or os.environ.get("WANDB_MODE") or "online")
         timeout = wandb_timeout or _env_float("WANDB_INIT_TIMEOUT") or DEFAULT_TIMEOUT
-        config = redact({**run.config.to_dict(), "dataset_info": _info(run)})
-        init = dict(
-            project=wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-            entity=wandb_entity or None,
-            name=wandb_name or os.environ.get("WANDB_NAME") or run.config.name,
-            tags=[t.strip() for t in wandb_tags.split(",") if t.strip()] if wandb_tags else None,
-            group=wandb_group or None,
-            notes=wandb_notes or None,
-            config=config,
-            dir=str(run.run_dir),
-            id=self.run_id,
-            resume="allow" if saved else None,
+        config = {**run.config.to_dict(), "dataset_info": _info(run)}
+        init = redact(  # a token pasted into the notes is masked like one in the config
+            dict(
+                project=wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                entity=wandb_entity or None,
+                name=wandb_name or os.environ.get("WANDB_NAME") or run.config.name,
+                tags=[t.strip() for t in wandb_tags.split(",") if t.strip()]
+                if wandb_tags
+                else None,
+                group=wandb_group or None,
+                notes=wandb_notes or None,
+                config=config,
+                dir=str(run.run_dir),
+                id=self.run_id,
+                resume="allow" if saved else None,
+            )
         )
         self._write_state()  # before init: an offline fallback reuses the same id
         self.offline = mode == "offline"
