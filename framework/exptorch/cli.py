@@ -56,6 +56,7 @@ class ExptGroup(click.Group):
             self._plugins = load_plugins()
             self._plugins.call_each("register_commands", lambda _plugin: {"cli": self})
             add_plugin_options(run_command, self._plugins)
+            add_plugin_options(eval_command, self._plugins, kinds=("dataset",))
         return self._plugins
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -122,11 +123,13 @@ def _click_option(f: Any) -> click.Option:
     return click.Option([flag, f.name], **kwargs)
 
 
-def add_plugin_options(command: click.Command, plugins: Plugins) -> None:
-    """Give ``command`` a flag for every option a plugin declared."""
+def add_plugin_options(
+    command: click.Command, plugins: Plugins, kinds: tuple[str, ...] | None = None
+) -> None:
+    """Give ``command`` a flag for every option a plugin declared (for ``kinds`` only, if given)."""
     taken = {p.name for p in command.params}
     for reg, opt in plugins.options():
-        if opt.name in taken:
+        if opt.name in taken or (kinds is not None and reg.kind not in kinds):
             continue
         taken.add(opt.name)
         kwargs: dict[str, Any] = {"help": f"[{reg.kind} {reg.name}] {opt.help}".strip()}
@@ -147,16 +150,34 @@ def add_plugin_options(command: click.Command, plugins: Plugins) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="TOML file whose keys are these options' names; flags override it.",
 )
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    help="Continue RUN_FOLDER (or its newest checkpoint) from where it stopped, in the same "
+    "folder, with its own settings; --epochs is the total.",
+)
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Allow --resume to load a full (pickled) checkpoint, which runs code from the file.",
+)
 @click.pass_context
-def run_command(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
+def run_command(
+    ctx: click.Context,
+    config_file: Path | None,
+    resume: Path | None,
+    trust_checkpoint: bool,
+    **flags: Any,
+) -> None:
     """Train a model and test it after every epoch.
 
     Writes runs/NAME/ with config.json, metrics.jsonl, a checkpoint per epoch
     and the loggers' files. A NAME that exists is refused, never overwritten.
+    Ctrl-C or SIGTERM stops after the current step with a checkpoint to --resume.
     """
     from click.core import ParameterSource
 
-    from exptorch.train import run_experiment
+    from exptorch.train import RunInterrupted, find_resume_point, run_experiment
 
     explicit = [
         name
@@ -165,21 +186,145 @@ def run_command(ctx: click.Context, config_file: Path | None, **flags: Any) -> N
     ]
     flags["logger"] = list(flags.get("logger") or [])
     plugins = _plugins(ctx)
+    point = None
+    if resume is not None:
+        point = find_resume_point(plugins, resume, trust=trust_checkpoint)
     config = resolve_config(
         flags,
         explicit=explicit,
         config_file=config_file,
         plugin_options=[opt for _, opt in plugins.options()],
+        base=_unmasked(point.checkpoint.config) if point else None,
     )
-    if ctx.meta.get("exptorch.quiet"):  # warnings and errors still reach stderr
-        click.echo(run_experiment(config, plugins, echo=lambda _: None, progress=False))
-    else:
-        run_experiment(config, plugins, echo=click.echo)
+    quiet = ctx.meta.get("exptorch.quiet")  # warnings and errors still reach stderr
+    try:
+        if quiet:
+            folder = run_experiment(
+                config, plugins, echo=lambda _: None, progress=False, resume=point
+            )
+            click.echo(folder)
+        else:
+            run_experiment(config, plugins, echo=click.echo, resume=point)
+    except RunInterrupted as exc:
+        click.echo(str(exc), err=True)
+        ctx.exit(exc.exit_code)
+
+
+def _unmasked(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config without the values that were redacted when it was written."""
+    from exptorch.secrets import MASK
+
+    kept = {k: v for k, v in saved.items() if v != MASK}
+    kept["options"] = {k: v for k, v in (saved.get("options") or {}).items() if v != MASK}
+    return kept
+
+
+_CHECKPOINT = click.option(
+    "--checkpoint",
+    "checkpoint",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A checkpoint file, or a run folder (its newest checkpoint).",
+)
+_TRUST = click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Allow a full (pickled) checkpoint, which runs code from the file when loaded.",
+)
+_DEVICE = click.option(
+    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps or auto."
+)
+
+
+@click.command("predict")
+@_CHECKPOINT
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top", default=1, show_default=True, help="Show the K most probable classes.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_DEVICE
+@_TRUST
+@click.pass_context
+def predict_command(
+    ctx: click.Context,
+    checkpoint: Path,
+    images: tuple[Path, ...],
+    top: int,
+    as_json: bool,
+    device: str,
+    trust_checkpoint: bool,
+) -> None:
+    """Classify IMAGES (files or folders) with a saved model.
+
+    Each image is converted to the model's channels, resized to its input size
+    and normalised as in training. Files that cannot be read are reported by
+    name, the others are still classified, and the exit status is then 1.
+    """
+    from exptorch.predict import predict_files
+
+    result = predict_files(
+        _plugins(ctx), checkpoint, images, top=top, device=device, trust=trust_checkpoint
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif result.predictions:
+        click.echo(result.format())
+    for _file, error in result.failures:
+        click.echo(f"error: {error}", err=True)
+    if result.failures:
+        ctx.exit(1)
+
+
+@click.command("eval")
+@_CHECKPOINT
+@click.option("--dataset", help="Dataset to test on. [default: the checkpoint's]")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="Folder holding the datasets. [default: the checkpoint's, or the per-user cache]",
+)
+@click.option("--batch-size", default=256, show_default=True, help="Images per batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--download/--no-download", default=True, help="Download a missing dataset.")
+@_DEVICE
+@_TRUST
+@click.pass_context
+def eval_command(
+    ctx: click.Context,
+    checkpoint: Path,
+    dataset: str | None,
+    data_dir: Path | None,
+    batch_size: int,
+    as_json: bool,
+    download: bool,
+    device: str,
+    trust_checkpoint: bool,
+    **options: Any,
+) -> None:
+    """Test a saved model: loss, accuracy, per-class accuracy and a confusion matrix.
+
+    The dataset and its options are the checkpoint's unless given here.
+    """
+    from click.core import ParameterSource
+
+    from exptorch.evaluate import evaluate_checkpoint, format_report
+
+    given = {
+        k: v
+        for k, v in options.items()
+        if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)
+    }
+    report = evaluate_checkpoint(
+        _plugins(ctx), checkpoint, dataset=dataset, data_dir=data_dir, options=given,
+        device=device, batch_size=batch_size, download=download, trust=trust_checkpoint,
+    )  # fmt: skip
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
 for _field in reversed(config_fields()):
     run_command.params.insert(0, _click_option(_field))
 cli.add_command(run_command)
+cli.add_command(predict_command)
+cli.add_command(eval_command)
 cli.add_command(runs_group)
 
 
@@ -218,11 +363,16 @@ def describe_plugins(plugins: Plugins) -> dict[str, Any]:
     }
 
 
-@cli.command("plugins")
+@cli.group("plugins", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def plugins_command(ctx: click.Context, as_json: bool) -> None:
-    """List installed plugins, what each registered, and any that failed."""
+    """List installed plugins, what each registered, and any that failed.
+
+    `expt plugins show NAME` describes one plugin and its options.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     plugins = _plugins(ctx)
     info = describe_plugins(plugins)
     if as_json:
@@ -245,6 +395,73 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
             fg="red",
             err=True,
         )
+
+
+def describe_plugin(plugins: Plugins, name: str) -> dict[str, Any]:
+    """What ``expt plugins show NAME`` prints: one plugin's registrations and their options."""
+    owners = {reg.name: reg.plugin for table in plugins.registry.values() for reg in table.values()}
+    plugin = name if plugins.pm.has_plugin(name) else owners.get(name)
+    if plugin is None or not plugins.pm.has_plugin(plugin):
+        known = ", ".join(sorted(n for n, p in plugins.pm.list_name_plugin() if p is not None))
+        raise ExptError(f"No plugin or registered name {name!r}; plugins: {known}.")
+    source = plugins.source(plugin)
+    registrations = [
+        {
+            "kind": reg.kind,
+            "name": reg.name,
+            "description": reg.description,
+            "options": [
+                {
+                    "flag": opt.flag,
+                    "key": opt.name,
+                    "type": "flag" if opt.is_flag else opt.type.__name__,
+                    "default": opt.default,
+                    "choices": list(opt.choices) if opt.choices else None,
+                    "help": opt.help,
+                }
+                for opt in reg.options
+            ],
+        }
+        for table in plugins.registry.values()
+        for reg in table.values()
+        if reg.plugin == plugin
+    ]
+    hooks = plugins.pm.get_hookcallers(plugins.pm.get_plugin(plugin)) or []
+    return {
+        "name": plugin,
+        "distribution": source.distribution,
+        "version": source.version,
+        "hooks": sorted(h.name for h in hooks),
+        "registered": registrations,
+        "problems": [p.message for p in plugins.problems if p.plugin == plugin],
+    }
+
+
+@plugins_command.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def plugins_show_command(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Describe plugin NAME (or the plugin that registered NAME): what it adds, and its options."""
+    info = describe_plugin(_plugins(ctx), name)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    version = f" {info['version']}" if info["version"] else ""
+    click.echo(f"{info['name']} ({info['distribution']}{version})")
+    for reg in info["registered"]:
+        click.echo(f"  {reg['kind']} {reg['name']}: {reg['description']}")
+        for opt in reg["options"]:
+            names = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT"}
+            kind = "|".join(opt["choices"]) if opt["choices"] else names.get(opt["type"], "")
+            default = "" if opt["default"] is None else f" [default: {opt['default']}]"
+            click.echo(f"    {opt['flag']} {kind}{default}".replace("  ", " "))
+            click.echo(f"        {opt['help']} (config key: {opt['key']})")
+    other = [h for h in info["hooks"] if not h.startswith("register_")]
+    if other:
+        click.echo(f"  hooks: {', '.join(other)}")
+    for problem in info["problems"]:
+        click.secho(f"error: {problem}", fg="red", err=True)
 
 
 def main() -> None:

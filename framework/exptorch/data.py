@@ -54,6 +54,18 @@ def random_crop_flip(
     return padded[batch, channel, rows, cols]
 
 
+def skip_crop_flip(n: int, generator: torch.Generator, padding: int = 4) -> None:
+    """Draw the random numbers :func:`random_crop_flip` would draw for ``n`` images.
+
+    A run resumed inside an epoch skips the batches it already trained on; drawing
+    their numbers keeps the augmentation of the later batches exactly the same.
+    """
+    import torch
+
+    torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
+    torch.rand(n, generator=generator)
+
+
 def fits_on_device(nbytes: int, device: torch.device, fraction: float = 0.25) -> bool:
     """Whether ``nbytes`` can stay on ``device`` using at most ``fraction`` of its free memory."""
     import torch
@@ -97,6 +109,7 @@ class Batches:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 1
+        self.start = 0
         resident = data_on_device == "on" or (
             data_on_device == "auto" and fits_on_device(images.nbytes, device)
         )
@@ -121,8 +134,10 @@ class Batches:
         batches = -(-self.num_samples // self.batch_size)
         return batches if self.limit is None else min(batches, self.limit)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate over epoch ``epoch``, from batch ``start`` on (a run resumed mid-epoch)."""
         self.epoch = epoch
+        self.start = start
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, C, H, W)`` on the device to normalised float32."""
@@ -149,6 +164,10 @@ class Batches:
         for i in range(len(self)):
             lo = i * self.batch_size
             hi = min(lo + self.batch_size, self.num_samples)
+            if i < self.start:
+                if self.augment:
+                    skip_crop_flip(hi - lo, generator)
+                continue
             if order is None:
                 x, y = self.images[lo:hi], self.labels[lo:hi]
             else:

@@ -81,9 +81,9 @@ def load_image(path: Path, *, channels: int, height: int, width: int) -> torch.T
         raise ExptError(f"{path} is not an image file Pillow can read.") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ExptError(f"{path} is truncated or damaged ({exc}).") from None
-    array = np.asarray(resized, dtype=np.uint8)
+    array = np.array(resized, dtype=np.uint8)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.from_numpy(array.copy())
 
 
 def is_greyscale(path: Path) -> bool:

@@ -12,19 +12,28 @@ import logging
 import os
 import platform
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exptorch import __version__
-from exptorch.checkpoint import save_checkpoint
+from exptorch.checkpoint import (
+    checkpoint_files,
+    checkpoint_name,
+    formats,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from exptorch.config import RunConfig
 from exptorch.data import Batches
 from exptorch.errors import ExptError
 from exptorch.plugins import Plugins, Registration
-from exptorch.rundir import RunDir
+from exptorch.rundir import RunDir, remove_stale_staging
 from exptorch.secrets import redact
 from exptorch.types import Checkpoint, DatasetInfo, Logger, RunContext
 
@@ -66,6 +75,119 @@ def make_device(plugins: Plugins, spec: str) -> torch.device:
     return device
 
 
+@dataclasses.dataclass
+class ResumePoint:
+    """Where ``expt run --resume`` continues: a run folder and its newest checkpoint, loaded."""
+
+    run_dir: Path
+    path: Path
+    checkpoint: Checkpoint
+
+    @property
+    def position(self) -> dict[str, Any] | None:
+        """Where inside an epoch an interrupted run stopped (``None``: at an epoch's end)."""
+        position: dict[str, Any] | None = self.checkpoint.extra.get("position")
+        return position
+
+    @property
+    def next_epoch(self) -> int:
+        return int(self.position["epoch"]) if self.position else self.checkpoint.epoch + 1
+
+
+#: Settings a resumed run keeps: changing them would not continue the same training.
+FIXED_ON_RESUME = ("model", "dataset", "batch_size", "seed", "optimizer")
+
+
+def find_resume_point(plugins: Plugins, target: Path, *, trust: bool = False) -> ResumePoint:
+    """The run folder and checkpoint that ``--resume TARGET`` names, with the checkpoint loaded.
+
+    ``TARGET`` is a run folder (its newest checkpoint is used) or the newest
+    checkpoint file in a run folder's ``checkpoints/``.
+    """
+    target = target.resolve() if target.exists() else target
+    if target.is_dir():
+        run_path = target.parent if target.name == "checkpoints" else target
+    elif target.is_file():
+        run_path = target.parent.parent
+        if target.parent.name != "checkpoints":
+            raise ExptError(
+                f"{target} is not in a run folder's checkpoints/ folder; --resume continues a "
+                "run folder, so pass the run folder or one of its checkpoints."
+            )
+    else:
+        raise ExptError(f"Nothing to resume at {target}: it does not exist.")
+    run_dir = RunDir.open(run_path)
+    suffixes = [fmt.suffix for fmt in formats(plugins).values()]
+    files = checkpoint_files(run_dir.checkpoints, suffixes)
+    if not files:
+        raise ExptError(f"{run_path} holds no checkpoint to resume from.")
+    path = files[-1] if target.is_dir() else target
+    if path != files[-1]:
+        raise ExptError(
+            f"{path.name} is not the newest checkpoint of {run_path} ({files[-1].name} is); "
+            "resuming from it would rewrite the run's later epochs, so resume from the newest."
+        )
+    state = run_dir.read_state()
+    if state.get("state") == "running" and _alive(state.get("pid")):
+        raise ExptError(f"{run_path} is still being trained by process {state['pid']}.")
+    checkpoint = load_checkpoint(plugins, path, trust=trust)
+    return ResumePoint(run_dir=run_path, path=path, checkpoint=checkpoint)
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the run after a step; a resumable checkpoint was written."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current step.
+
+    A second signal interrupts at once (``KeyboardInterrupt``). Handlers are only
+    installed in the main thread and are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        sys.stderr.write(
+            f"\n{signal.Signals(signum).name}: stopping after this step and writing a "
+            "checkpoint (send it again to stop at once)\n"
+        )
+
+    def install(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
 def make_optimizer(config: RunConfig, params: Any) -> torch.optim.Optimizer:
     import torch
 
@@ -88,6 +210,58 @@ def versions() -> dict[str, str]:
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),
     }
+
+
+def check_resume(config: RunConfig, resume: ResumePoint, regs: Sequence[Registration]) -> None:
+    """Refuse settings that would make ``--resume`` something other than the same run, continued."""
+    saved = resume.checkpoint.config
+    options = saved.get("options") or {}
+    for key in FIXED_ON_RESUME:
+        if key in saved and getattr(config, key) != saved[key]:
+            raise ExptError(
+                f"--resume continues {resume.run_dir} as it was set up; --{key.replace('_', '-')} "
+                f"cannot change (it was {saved[key]!r}); start a new run for that."
+            )
+    if config.name not in (None, resume.run_dir.name):
+        raise ExptError(f"--resume continues {resume.run_dir}; it cannot take another --name.")
+    for reg in regs:
+        for opt in reg.options:
+            was = options.get(opt.name, opt.default)
+            if not opt.initial_weights and config.options.get(opt.name, opt.default) != was:
+                raise ExptError(
+                    f"--resume continues {resume.run_dir} as it was set up; {opt.flag} cannot "
+                    f"change (it was {was!r})."
+                )
+    if resume.next_epoch > config.epochs:
+        done = resume.checkpoint.epoch
+        raise ExptError(
+            f"{resume.run_dir} has already trained {done} epoch(s) and --epochs is the total; "
+            f"pass --epochs greater than {done} to train more."
+        )
+
+
+def restore_rng(extra: Mapping[str, Any], device: torch.device) -> None:
+    """Put back the random number generators' state a checkpoint recorded."""
+    import torch
+
+    if "torch_rng_state" in extra:
+        torch.set_rng_state(extra["torch_rng_state"].cpu())
+    if device.type == "cuda" and "cuda_rng_state" in extra:
+        torch.cuda.set_rng_state(extra["cuda_rng_state"].cpu(), device)
+
+
+def interrupted(
+    signum: int, run_dir: Path, path: Path, epoch: int, step: int, echo: Callable[[str], None]
+) -> RunInterrupted:
+    """Say where the run stopped and how to continue it; return the exception to raise."""
+    name = signal.Signals(signum).name
+    echo(f"{name}: stopped at epoch {epoch}, step {step}; checkpoint {path}")
+    echo(f"continue with: expt run --resume {run_dir}")
+    return RunInterrupted(
+        f"Interrupted by {name} at epoch {epoch}, step {step}; "
+        f"continue with: expt run --resume {run_dir}",
+        signum,
+    )
 
 
 class GuardedLogger(Logger):
@@ -174,10 +348,17 @@ def run_experiment(
     *,
     echo: Callable[[str], None] = print,
     progress: bool | None = None,
+    resume: ResumePoint | None = None,
 ) -> Path:
     """Train and test one model as ``config`` says; return the run folder.
 
     :param progress: show a progress bar (``None``: only when stderr is a terminal).
+    :param resume: continue this run folder from its checkpoint (see
+        :func:`find_resume_point`) instead of starting a new one; ``config.epochs``
+        is the total.
+
+    A first SIGINT or SIGTERM stops the run after the current step, writes a
+    resumable checkpoint and raises :class:`RunInterrupted`.
     """
     # --- resolve every plugin by name before touching the disk: a typo costs nothing ---
     model_reg = plugins.get("model", config.model)
@@ -185,9 +366,15 @@ def run_experiment(
     plugins.get("device", parse_device(config.device)[0])
     logger_regs = [plugins.get("logger", name) for name in config.logger]
     fmt = plugins.get("checkpoint format", config.checkpoint_format).factory()
-    runs_dir = Path(config.runs_dir)
-    name = config.name or f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    RunDir.check_new(runs_dir, name)
+    suffixes = [f.suffix for f in formats(plugins).values()]
+    if resume is not None:
+        check_resume(config, resume, (model_reg, dataset_reg))
+        runs_dir, name = resume.run_dir.parent, resume.run_dir.name
+        config = dataclasses.replace(config, runs_dir=str(runs_dir), name=name)
+    else:
+        runs_dir = Path(config.runs_dir)
+        name = config.name or f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        RunDir.check_new(runs_dir, name)
 
     import torch
     import torch.nn.functional as F
@@ -214,26 +401,54 @@ def run_experiment(
         limit=config.limit_eval_batches,
     )  # fmt: skip
 
-    # --- model and optimizer ---
+    # --- model and optimizer (a resumed run's from its checkpoint) ---
     model_options = plugin_kwargs(model_reg, config)
-    model = model_reg.factory(info, **model_options).to(device)
-    optimizer = make_optimizer(config, model.parameters())
+    if resume is None:
+        model = model_reg.factory(info, **model_options).to(device)
+    else:
+        initial = {o.name: o.default for o in model_reg.options if o.initial_weights}
+        model = model_reg.factory(info, **{**model_options, **initial})
+        model.load_state_dict(resume.checkpoint.model_state)
+        model = model.to(device)
+    optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    if resume is not None and resume.checkpoint.optimizer_state is not None:
+        optimizer.load_state_dict(resume.checkpoint.optimizer_state)
+        for group in optimizer.param_groups:  # flags given with --resume win
+            for key in ("lr", "momentum", "weight_decay"):
+                if key in group:
+                    group[key] = getattr(config, key)
 
     # --- the run folder: created only now, so a mistake above leaves nothing behind ---
-    run_dir = RunDir.create(runs_dir, name)
     used = {reg.plugin for reg in (model_reg, dataset_reg, *logger_regs)}
-    run_dir.write_config(
-        {
-            "config": redact(config.to_dict()),
-            "versions": versions(),
-            "plugins": {p: dataclasses.asdict(plugins.source(p)) for p in sorted(used)},
-            "dataset": info.to_dict(),
-            "device": str(device),
-            "command": redact(sys.argv),
-        }
-    )
-    run_dir.set_state("running", epoch=0, pid=os.getpid(), started=time.time())
-    run = RunContext(run_dir=run_dir.path, config=config, info=info, model=model)
+    if resume is None:
+        run_dir = RunDir.create(runs_dir, name)
+        run_dir.write_config(
+            {
+                "config": redact(config.to_dict()),
+                "versions": versions(),
+                "plugins": {p: dataclasses.asdict(plugins.source(p)) for p in sorted(used)},
+                "dataset": info.to_dict(),
+                "device": str(device),
+                "command": redact(sys.argv),
+            }
+        )
+        run_dir.set_state("running", epoch=0, pid=os.getpid(), started=time.time())
+    else:
+        run_dir = RunDir.open(resume.run_dir)
+        remove_stale_staging(run_dir.checkpoints)
+        dropped = run_dir.truncate_metrics(resume.checkpoint.step)
+        saved = run_dir.read_config()
+        saved["config"] = redact(config.to_dict())
+        saved.setdefault("resumed", []).append(
+            {"from": resume.path.name, "device": str(device), "command": redact(sys.argv),
+             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dropped_metrics": dropped}
+        )  # fmt: skip
+        run_dir.write_config(saved)
+        run_dir.set_state("running", epoch=resume.checkpoint.epoch, pid=os.getpid())
+    run = RunContext(
+        run_dir=run_dir.path, config=config, info=info, model=model,
+        start_epoch=resume.next_epoch if resume else 1, resumed=resume is not None,
+    )  # fmt: skip
     loggers = [
         GuardedLogger(reg.name, reg.factory(run, **plugin_kwargs(reg, config)))
         for reg in logger_regs
@@ -252,30 +467,73 @@ def run_experiment(
         for logger in loggers:
             logger.log_metrics(scalars, record["step"])
 
+    def write_checkpoint(completed: int, position: dict[str, Any] | None = None) -> Path:
+        """Save everything needed to continue exactly from here, atomically."""
+        extra: dict[str, Any] = {"torch_rng_state": torch.get_rng_state()}
+        if device.type == "cuda":
+            extra["cuda_rng_state"] = torch.cuda.get_rng_state(device)
+        if position is not None:
+            extra["position"] = position
+        checkpoint = Checkpoint(
+            model_state=model.state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            epoch=completed,
+            step=step,
+            config=redact(config.to_dict()),
+            meta=meta,
+            extra=extra,
+            module=model,
+        )
+        within = position["epoch"] if position else completed
+        filename = checkpoint_name(within, fmt.suffix, step if position else None)
+        return save_checkpoint(fmt, checkpoint, run_dir.checkpoints / filename)
+
     n_params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = f", {n_params - trainable:,} frozen" if trainable != n_params else ""
     echo(
-        f"run {run_dir.path}: {config.model} ({n_params:,} parameters) on {config.dataset} "
-        f"({len(splits.train_labels):,} train / {len(splits.test_labels):,} test images), "
-        f"device {device}, seed {seed}"
+        f"run {run_dir.path}: {config.model} ({n_params:,} parameters{frozen}) on "
+        f"{config.dataset} ({len(splits.train_labels):,} train / {len(splits.test_labels):,} "
+        f"test images), device {device}, seed {seed}"
     )
+    if resume is not None:
+        where = f"epoch {resume.next_epoch}" + (
+            f", batch {resume.position['batch'] + 1}" if resume.position else ""
+        )
+        echo(f"resuming from {resume.path.name} at {where} of {config.epochs}")
     plugins.notify("run_start", run=run)
     if loggers:  # the model graph, once
         example = prediction_samples(model, test_batches, info.classes, n=1)[0]
         for logger in loggers:
             logger.log_graph(model, example)
-    state, metrics, step, epoch = "failed", {}, 0, 0
+    state, metrics, epoch = "failed", {}, 0
+    step = resume.checkpoint.step if resume else 0
+    completed = resume.checkpoint.epoch if resume else 0
+    position = resume.position if resume else None
+    run_state = run_dir.read_state()
+    best_accuracy = float(run_state.get("best_test_accuracy", -1.0))
+    best_path = run_dir.checkpoints / run_state["best_checkpoint"] if run_state.get(
+        "best_checkpoint") else None  # fmt: skip
+    if resume is not None:  # the random state the original run had at this point
+        restore_rng(resume.checkpoint.extra, device)
     started = time.perf_counter()
+    signals = StopSignals().install()
     try:
-        for epoch in range(1, config.epochs + 1):
-            # --- train one epoch ---
+        for epoch in range(run.start_epoch, config.epochs + 1):
+            # --- train one epoch (a resumed one from where it stopped) ---
             model.train()
-            train_batches.set_epoch(epoch)
+            batch = int(position["batch"]) if position else 0
+            train_batches.set_epoch(epoch, start=batch)
             epoch_start = time.perf_counter()
-            window_loss, window_steps, epoch_loss, seen = 0.0, 0, 0.0, 0
+            window_loss, window_steps, epoch_loss, seen, timed = 0.0, 0, 0.0, 0, 0
+            if position:
+                window_loss, window_steps = position["window_loss"], position["window_steps"]
+                epoch_loss, seen = position["epoch_loss"], position["seen"]
+                position = None
             bar = tqdm(
                 train_batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                 leave=False, disable=None if progress is None else not progress,
-                dynamic_ncols=True,
+                dynamic_ncols=True, initial=batch,
             )  # fmt: skip
             for images, labels in bar:
                 loss = F.cross_entropy(model(images), labels)
@@ -283,15 +541,18 @@ def run_experiment(
                 loss.backward()
                 optimizer.step()
                 step += 1
+                batch += 1
                 loss_value = loss.item()
                 window_loss += loss_value
                 window_steps += 1
                 epoch_loss += loss_value * len(labels)
                 seen += len(labels)
+                timed += len(labels)
                 if not torch.isfinite(loss):
+                    last = f"; the last good checkpoint is epoch {completed}" if completed else ""
                     raise ExptError(
-                        f"The training loss became {loss_value} at step {step}; lower --lr. "
-                        "The checkpoints of earlier epochs are kept."
+                        f"The training loss became {loss_value} at epoch {epoch}, step {step}, "
+                        f"so the run stopped{last}; lower --lr and start again."
                     )
                 # --- log the training loss every --log-every steps ---
                 if step % config.log_every == 0:
@@ -303,6 +564,17 @@ def run_experiment(
                 if not bar.disable and step % 10 == 0:
                     rate = seen / max(time.perf_counter() - epoch_start, 1e-9)
                     bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:,.0f}", refresh=False)
+                # --- Ctrl-C or SIGTERM: stop after this step, resumably ---
+                if signals.received is not None:
+                    bar.close()
+                    path = write_checkpoint(
+                        completed,
+                        {"epoch": epoch, "batch": batch, "window_loss": window_loss,
+                         "window_steps": window_steps, "epoch_loss": epoch_loss, "seen": seen},
+                    )  # fmt: skip
+                    prune_checkpoints(run_dir.checkpoints, suffixes, config.keep, path, best_path)
+                    run_dir.set_state("running", checkpoint=path.name)
+                    raise interrupted(signals.received, run_dir.path, path, epoch, step, echo)
             bar.close()
             train_time = time.perf_counter() - epoch_start
 
@@ -320,21 +592,20 @@ def run_experiment(
                 for logger in loggers:
                     logger.log_images("test_predictions", shown, captions, step)
 
-            # --- checkpoint, atomically ---
-            checkpoint = Checkpoint(
-                model_state=model.state_dict(),
-                optimizer_state=optimizer.state_dict(),
-                epoch=epoch,
-                step=step,
-                config=redact(config.to_dict()),
-                meta=meta,
-                extra={"torch_rng_state": torch.get_rng_state()},
-            )
-            save_checkpoint(fmt, checkpoint, run_dir.checkpoints / f"epoch-{epoch:03d}{fmt.suffix}")
+            # --- checkpoint, atomically, then drop what --keep does not keep ---
+            path = write_checkpoint(epoch)
+            completed = epoch
+            if metrics["test_accuracy"] > best_accuracy:
+                best_accuracy, best_path = metrics["test_accuracy"], path
+            prune_checkpoints(run_dir.checkpoints, suffixes, config.keep, path, best_path)
             run_dir.sync()
             for logger in loggers:
                 logger.flush()
-            run_dir.set_state("running", epoch=epoch)
+            run_dir.set_state(
+                "running", epoch=epoch, checkpoint=path.name,
+                best_checkpoint=best_path.name if best_path else None,
+                best_test_accuracy=best_accuracy,
+            )  # fmt: skip
             echo(
                 f"epoch {epoch}/{config.epochs}  train_loss {metrics['epoch_train_loss']:.4f}  "
                 f"test_loss {metrics['test_loss']:.4f}  "
@@ -345,11 +616,14 @@ def run_experiment(
             if run.stop_reason:
                 echo(f"stopping after epoch {epoch}: {run.stop_reason}")
                 break
+            if signals.received is not None and epoch < config.epochs:
+                raise interrupted(signals.received, run_dir.path, path, epoch, step, echo)
         state = "stopped" if run.stop_reason else "finished"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunInterrupted):
         state = "interrupted"
         raise
     finally:
+        signals.restore()
         elapsed = time.perf_counter() - started
         run_dir.close()
         hparams = redact({k: v for k, v in config.to_dict().items() if v is not None})
@@ -357,7 +631,6 @@ def run_experiment(
             if metrics:
                 logger.log_hparams(hparams, metrics)
             logger.finish(state)
-        completed = epoch if state in ("finished", "stopped") else max(epoch - 1, 0)
         run_dir.set_state(state, epoch=completed, elapsed=elapsed, stop_reason=run.stop_reason)
         plugins.notify("run_end", run=run, state=state, metrics=dict(metrics))
     echo(f"{state} in {elapsed:.1f}s; run folder {run_dir.path}")
