@@ -114,7 +114,11 @@ class SafetensorsFormat:
             "step": checkpoint.step,
             "config": checkpoint.config,
             "meta": checkpoint.meta,
-            "weights": {"file": path.name, "bytes": path.stat().st_size},
+            "weights": {
+                "file": path.name,
+                "bytes": path.stat().st_size,
+                "order": list(checkpoint.model_state),  # safetensors sorts its keys
+            },
             "state": {"file": state_path.name, "bytes": state_path.stat().st_size},
             "optimizer_state": optimizer,
             "extra": extra,
@@ -139,8 +143,12 @@ class SafetensorsFormat:
                 )
         device = _device(map_location)
         tensors = load_file(path.with_name(sidecar["state"]["file"]), device=device)
+        weights = load_file(path, device=device)
+        order = sidecar["weights"].get("order") or sorted(weights)
+        if sorted(order) != sorted(weights):
+            raise ValueError(f"{path.name} does not hold the tensors its sidecar lists")
         return Checkpoint(
-            model_state=load_file(path, device=device),
+            model_state={key: weights[key] for key in order},
             optimizer_state=decode(sidecar["optimizer_state"], tensors),
             epoch=int(sidecar["epoch"]),
             step=int(sidecar["step"]),

@@ -142,9 +142,9 @@ def build(
 
     if vgg16_head not in HEADS:
         raise ExptError(f"--vgg16-head must be replace or append, not {vgg16_head!r}.")
+    weights = read_weights(vgg16_pretrained) if vgg16_pretrained else None
     model = vgg16(weights=None)
-    if vgg16_pretrained:
-        weights = read_weights(vgg16_pretrained)
+    if weights is not None:
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise ExptError(

@@ -1,0 +1,421 @@
+"""Checkpoint formats on real files: round trips, devices, trust, damage, kills and --keep."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from exptorch import Checkpoint, ExptError
+from exptorch.checkpoint import (
+    build_model,
+    checkpoint_files,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from exptorch.config import RunConfig
+from exptorch.train import run_experiment
+from exptorch.types import DatasetInfo
+from exptorch_plugins.networks import QuickNet
+
+FORMATS = ["state_dict", "safetensors", "full"]
+INFO = DatasetInfo(1, 28, 28, tuple(f"c{i}" for i in range(10)), (0.3,), (0.35,))
+
+
+def trained_checkpoint(optimizer: str = "sgd", epoch: int = 1) -> Checkpoint:
+    """A QuickNet after two real optimizer steps, with every kind of state a run saves."""
+    torch.manual_seed(0)
+    model = QuickNet(1, 28, 28, 10)
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.95))
+    for _ in range(2):
+        loss = model(torch.randn(4, 1, 28, 28)).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return Checkpoint(
+        model_state=model.state_dict(),
+        optimizer_state=opt.state_dict(),
+        epoch=epoch,
+        step=2 * epoch,
+        config={"model": "quicknet", "lr": 0.1, "options": {"x": None}},
+        meta={"model": "quicknet", "model_options": {}, "info": INFO.to_dict()},
+        extra={
+            "torch_rng_state": torch.get_rng_state(),
+            "position": {"epoch": 2, "batch": 3, "epoch_loss": 1.5, "seen": 12},
+        },
+        module=model,
+    )
+
+
+def fmt(plugins, name):
+    return plugins.get("checkpoint format", name).factory()
+
+
+def save(plugins, name: str, checkpoint: Checkpoint, folder: Path, stem: str = "epoch-001") -> Path:
+    f = fmt(plugins, name)
+    return save_checkpoint(f, checkpoint, folder / f"{stem}{f.suffix}")
+
+
+def assert_same(a, b) -> None:
+    """Equal nested state: tensors bit for bit, everything else by value and type."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b)
+        for key in a:
+            assert_same(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    else:
+        assert a == b and type(a) is type(b)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_round_trip(plugins, tmp_path: Path, name: str, optimizer: str) -> None:
+    original = trained_checkpoint(optimizer)
+    path = save(plugins, name, original, tmp_path)
+    loaded = load_checkpoint(plugins, path, trust=True)
+    assert_same(original.model_state, loaded.model_state)
+    assert_same(original.optimizer_state, loaded.optimizer_state)
+    assert_same(original.extra, loaded.extra)
+    assert (loaded.epoch, loaded.step) == (1, 2)
+    assert loaded.config == original.config and loaded.meta == original.meta
+    # The loaded state really drives a model and an optimizer.
+    model = build_model(plugins, loaded)
+    assert_same(model.state_dict(), original.model_state)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters())
+    opt.load_state_dict(loaded.optimizer_state)
+    # Nothing but the checkpoint's own files is left behind (no staging folders).
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name] + ([path.name + ".json", path.name + ".state"] if name == "safetensors" else [])
+    )
+
+
+def test_safetensors_files_are_safetensors_and_json(plugins, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    path = save(plugins, "safetensors", trained_checkpoint(), tmp_path)
+    sidecar = json.loads((tmp_path / "epoch-001.safetensors.json").read_text())
+    assert sidecar["epoch"] == 1 and sidecar["state"]["file"] == "epoch-001.safetensors.state"
+    assert sidecar["meta"]["info"]["classes"][0] == "c0"
+    with safe_open(path, "pt") as fh:
+        assert "model.0.weight" in set(fh.keys())
+    with safe_open(tmp_path / sidecar["state"]["file"], "pt") as fh:
+        assert "optimizer/state/0/momentum_buffer" in set(fh.keys())
+        assert "extra/torch_rng_state" in set(fh.keys())
+
+
+def test_safetensors_loads_without_unpickling(plugins, tmp_path: Path, monkeypatch) -> None:
+    path = save(plugins, "safetensors", trained_checkpoint(), tmp_path)
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("pickle was used")
+
+    import pickle
+
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    monkeypatch.setattr(pickle, "Unpickler", no_pickle)
+    monkeypatch.setattr(torch, "load", no_pickle)
+    assert load_checkpoint(plugins, path).epoch == 1
+
+
+def test_untrusted_full_checkpoint_is_refused(plugins, tmp_path: Path) -> None:
+    path = save(plugins, "full", trained_checkpoint(), tmp_path)
+    with pytest.raises(ExptError, match="--trust-checkpoint") as info:
+        load_checkpoint(plugins, path)
+    assert str(path) in str(info.value) and "runs whatever code" in str(info.value)
+    assert load_checkpoint(plugins, path, trust=True).module is not None
+
+
+def test_untrusted_full_checkpoint_is_refused_by_the_cli(plugins, expt, tmp_path: Path) -> None:
+    path = save(plugins, "full", trained_checkpoint(), tmp_path)
+    result = expt("eval", "--checkpoint", str(path), "--dataset", "fashion-mnist-sample")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--trust-checkpoint" in result.stderr.splitlines()[-1]
+
+
+def test_compiled_and_ddp_prefixes_are_stripped(plugins, tmp_path: Path) -> None:
+    checkpoint = trained_checkpoint()
+    plain = dict(checkpoint.model_state)
+    checkpoint.model_state = {
+        (f"module._orig_mod.{k}" if i % 2 else f"_orig_mod.{k}"): v
+        for i, (k, v) in enumerate(plain.items())
+    }
+    for name in ("state_dict", "safetensors"):
+        folder = tmp_path / name
+        folder.mkdir()
+        loaded = load_checkpoint(plugins, save(plugins, name, checkpoint, folder))
+        assert_same(loaded.model_state, plain)
+        QuickNet(1, 28, 28, 10).load_state_dict(loaded.model_state)
+
+
+_TAG: dict[str, str | None] = {"location": None, "registered": None}
+
+
+@contextlib.contextmanager
+def storages_tagged(location: str):
+    """Make ``torch.save`` record every storage as living on ``location`` (e.g. ``cuda:0``).
+
+    This is the tag a GPU run writes into each storage record, set through torch's
+    public ``register_package`` hook (registered once per process, active only in
+    this block). The bytes are what a GPU save writes; only real GPU memory is
+    missing, which is exactly the situation of a CPU-only machine opening a
+    GPU-trained checkpoint.
+    """
+    if _TAG["registered"] is None:
+        torch.serialization.register_package(
+            -100, lambda obj: _TAG["location"], lambda obj, location: None
+        )
+        _TAG["registered"] = "yes"
+    _TAG["location"] = location
+    try:
+        yield
+    finally:
+        _TAG["location"] = None
+
+
+@pytest.mark.parametrize("name", ["state_dict", "full"])
+def test_gpu_checkpoint_loads_on_a_cpu_only_machine(plugins, tmp_path: Path, name: str) -> None:
+    original = trained_checkpoint()
+    with storages_tagged("cuda:0"):
+        path = save(plugins, name, original, tmp_path)
+    if not torch.cuda.is_available():  # a plain load fails here, as it does for users
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=name == "state_dict")
+    loaded = load_checkpoint(plugins, path, trust=True)
+    assert all(t.device.type == "cpu" for t in loaded.model_state.values())
+    assert_same(original.model_state, loaded.model_state)
+    model = build_model(plugins, loaded)
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def _truncations(size: int) -> list[int]:
+    return sorted({0, 1, 8, 64, size // 3, size // 2, size - 16, size - 1})
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_truncated_file_is_one_sentence_naming_it(plugins, tmp_path: Path, name: str) -> None:
+    path = save(plugins, name, trained_checkpoint(), tmp_path)
+    targets = [path]
+    if name == "safetensors":
+        targets += [tmp_path / (path.name + ".json"), tmp_path / (path.name + ".state")]
+    for target in targets:
+        data = target.read_bytes()
+        for size in _truncations(len(data.rstrip(b"\n"))):  # (a lost final newline is fine)
+            target.write_bytes(data[:size])
+            with pytest.raises(ExptError) as info:
+                load_checkpoint(plugins, path, trust=True)
+            message = str(info.value)
+            assert str(path) in message and "\n" not in message, (target.name, size, message)
+        target.write_bytes(data)
+    load_checkpoint(plugins, path, trust=True)  # intact again
+
+
+@pytest.mark.parametrize(
+    ("filename", "content"),
+    [
+        ("epoch-001.pt", b"\x00\x01 not a checkpoint" * 10),
+        ("epoch-001.pt", None),  # a safetensors file named .pt
+        ("epoch-001.safetensors", b'{"format": "something else"}'),
+        ("epoch-001.full.pt", b"PK\x03\x04 broken zip"),
+    ],
+)
+def test_foreign_file_is_one_sentence(plugins, tmp_path: Path, filename, content) -> None:
+    path = tmp_path / filename
+    if content is None:
+        from safetensors.torch import save_file
+
+        save_file({"w": torch.zeros(3)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ExptError) as info:
+        load_checkpoint(plugins, path, trust=True)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_safetensors_weights_without_sidecar(plugins, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(3)}, path)
+    with pytest.raises(ExptError, match=r"sidecar model\.safetensors\.json is missing"):
+        load_checkpoint(plugins, path)
+
+
+def test_unknown_suffix_and_missing_file(plugins, tmp_path: Path) -> None:
+    (tmp_path / "weights.onnx").write_bytes(b"x")
+    with pytest.raises(ExptError, match=r"not a checkpoint file this install can read"):
+        load_checkpoint(plugins, tmp_path / "weights.onnx")
+    with pytest.raises(ExptError, match="does not exist"):
+        load_checkpoint(plugins, tmp_path / "epoch-009.pt")
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+import torch
+from exptorch import Checkpoint
+from exptorch.checkpoint import save_checkpoint
+from exptorch.plugins import load_plugins
+
+name, target, marker = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+inner = load_plugins(environ={"EXPT_DISABLE_PLUGIN_AUTOLOAD": "1"}).get(
+    "checkpoint format", name).factory()
+
+class SlowFormat:
+    suffix = inner.suffix
+    def save(self, checkpoint, path):
+        inner.save(checkpoint, path)      # every file of the new checkpoint, complete...
+        with open(path, "r+b") as fh:     # ...then the main file only half there, as if
+            fh.truncate(path.stat().st_size // 2)  # the kill came mid-write
+        marker.write_text(str(path))
+        time.sleep(60)
+
+model = torch.nn.Linear(300, 300)
+checkpoint = Checkpoint(model_state=model.state_dict(), epoch=2, step=20,
+                        config={}, meta={}, optimizer_state=None, module=model)
+save_checkpoint(SlowFormat(), checkpoint, target)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "same_name"),
+    [("state_dict", True), ("state_dict", False), ("safetensors", False), ("full", False)],
+    ids=["state_dict-overwrite", "state_dict", "safetensors", "full"],
+)
+def test_sigkill_during_a_write_leaves_the_previous_checkpoint(
+    plugins, tmp_path: Path, name: str, same_name: bool
+) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    previous = trained_checkpoint()
+    first = save(plugins, name, previous, folder)
+    target = first if same_name else folder / first.name.replace("epoch-001", "epoch-002")
+    before = sorted(p.name for p in folder.iterdir())
+    marker = tmp_path / "writing"
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    child = subprocess.Popen([sys.executable, str(script), name, str(target), str(marker)])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, "the writer died before the kill"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        staged = Path(marker.read_text())
+        assert staged.exists() and staged.parent != folder  # mid-write, in a staging folder
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    # The visible checkpoints are exactly the ones before, and the newest is the old one.
+    visible = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    assert visible == before
+    latest = latest_checkpoint(folder, plugins)
+    assert latest == first
+    assert_same(load_checkpoint(plugins, latest, trust=True).model_state, previous.model_state)
+
+
+def test_stale_staging_folders_are_ignored_and_removed(plugins, tmp_path: Path) -> None:
+    from exptorch.rundir import remove_stale_staging
+
+    path = save(plugins, "safetensors", trained_checkpoint(), tmp_path)
+    stale = tmp_path / ".epoch-002.safetensors.tmp-99999"
+    stale.mkdir()
+    (stale / "epoch-002.safetensors").write_bytes(b"half")
+    assert latest_checkpoint(tmp_path, plugins) == path
+    remove_stale_staging(tmp_path)
+    assert not stale.exists() and path.exists()
+
+
+def test_a_failing_format_leaves_nothing(plugins, tmp_path: Path) -> None:
+    class Broken:
+        suffix = ".pt"
+
+        def save(self, checkpoint, path):
+            path.write_bytes(b"partial")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(Broken(), trained_checkpoint(), tmp_path / "epoch-001.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _touch_checkpoints(folder: Path, names: list[str]) -> None:
+    for name in names:
+        (folder / name).write_bytes(b"x")
+        if name.endswith(".safetensors"):
+            (folder / (name + ".json")).write_bytes(b"{}")
+            (folder / (name + ".state")).write_bytes(b"x")
+
+
+SUFFIXES = [".pt", ".safetensors", ".full.pt"]
+
+
+@pytest.mark.parametrize(
+    ("keep", "left"),
+    [
+        ("all", ["epoch-001.pt", "epoch-002.safetensors", "epoch-003.pt", "epoch-004.pt"]),
+        ("last", ["epoch-004.pt"]),
+        ("best", ["epoch-002.safetensors", "epoch-004.pt"]),
+    ],
+)
+def test_keep_policies(tmp_path: Path, keep: str, left: list[str]) -> None:
+    names = ["epoch-001.pt", "epoch-002.safetensors", "epoch-003-step-000050.pt"]
+    names += ["epoch-003.pt", "epoch-004.pt"]
+    _touch_checkpoints(tmp_path, names)
+    newest, best = tmp_path / "epoch-004.pt", tmp_path / "epoch-002.safetensors"
+    prune_checkpoints(tmp_path, SUFFIXES, keep, newest, best)
+    assert [p.name for p in checkpoint_files(tmp_path, SUFFIXES)] == left
+    companions = {p.name for p in tmp_path.iterdir()} - set(left)
+    expected = {"epoch-002.safetensors.json", "epoch-002.safetensors.state"}
+    assert companions == (expected if "epoch-002.safetensors" in left else set())
+
+
+def test_checkpoint_order_puts_an_interrupted_epoch_before_its_end(tmp_path: Path) -> None:
+    names = ["epoch-010.pt", "epoch-002.pt", "epoch-003-step-000120.pt", "epoch-003.full.pt"]
+    _touch_checkpoints(tmp_path, names)
+    assert [p.name for p in checkpoint_files(tmp_path, SUFFIXES)] == [
+        "epoch-002.pt",
+        "epoch-003-step-000120.pt",
+        "epoch-003.full.pt",
+        "epoch-010.pt",
+    ]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_run_writes_each_format_and_keeps_the_last(plugins, tmp_path: Path, name: str) -> None:
+    config = RunConfig(
+        dataset="fashion-mnist-sample", epochs=2, limit_train_batches=3, limit_eval_batches=1,
+        device="cpu", runs_dir=str(tmp_path / "runs"), name=name, seed=0,
+        checkpoint_format=name, keep="last",
+    )  # fmt: skip
+    run = run_experiment(config, plugins, echo=lambda _: None)
+    files = checkpoint_files(run / "checkpoints", SUFFIXES)
+    suffix = fmt(plugins, name).suffix
+    assert [p.name for p in files] == [f"epoch-002{suffix}"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    state = json.loads((run / "state.json").read_text())
+    assert state["checkpoint"] == files[0].name
+    loaded = load_checkpoint(plugins, files[0], trust=True)
+    assert loaded.epoch == 2 and loaded.meta["model"] == "quicknet"
