@@ -155,7 +155,9 @@ class Plugins:
         for kind, hook_name in KINDS.items():
             table = registry[kind]
 
-            def make_kwargs(plugin: str, kind: str = kind, table: dict = table) -> dict[str, Any]:
+            def make_kwargs(
+                plugin: str, kind: str = kind, table: dict[str, Registration] = table
+            ) -> dict[str, Any]:
                 def register(
                     name: str,
                     factory: Any,
