@@ -1,0 +1,255 @@
+"""``expt run --resume``, interrupts and NaN stops: exact continuation, real signals, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import EXPT
+from exptorch import ExptError, Logger, hookimpl
+from exptorch.checkpoint import checkpoint_files, latest_checkpoint, load_checkpoint
+from exptorch.config import RunConfig, resolve_config
+from exptorch.rundir import read_metrics
+from exptorch.train import RunInterrupted, find_resume_point, run_experiment
+
+SUFFIXES = [".pt", ".safetensors", ".full.pt"]
+TIMING = ("images_per_second", "epoch_time")
+
+
+def config(tmp_path: Path, name: str, **overrides) -> RunConfig:
+    values = dict(
+        dataset="fashion-mnist-sample", device="cpu", epochs=2, seed=7, momentum=0.9,
+        runs_dir=str(tmp_path / "runs"), name=name, limit_train_batches=6,
+        limit_eval_batches=1, log_every=2, batch_size=32,
+    )  # fmt: skip
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def resume(plugins, run: Path, trust: bool = False, **flags) -> Path:
+    """What ``expt run --resume RUN [--flag value ...]`` does, in this process."""
+    point = find_resume_point(plugins, run, trust=trust)
+    resolved = resolve_config(
+        {**flags}, explicit=list(flags), base=point.checkpoint.config,
+        plugin_options=[opt for _, opt in plugins.options()],
+    )  # fmt: skip
+    return run_experiment(resolved, plugins, echo=lambda _: None, resume=point)
+
+
+def final_state(plugins, run: Path) -> tuple[dict, dict]:
+    checkpoint = load_checkpoint(plugins, latest_checkpoint(run, plugins), trust=True)
+    return checkpoint.model_state, checkpoint.optimizer_state
+
+
+def metrics_without_timing(run: Path) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run / "metrics.jsonl")
+    ]
+
+
+def assert_identical(plugins, a: Path, b: Path) -> None:
+    weights_a, optimizer_a = final_state(plugins, a)
+    weights_b, optimizer_b = final_state(plugins, b)
+    assert list(weights_a) == list(weights_b)
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), key
+    for index, state in optimizer_a["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, optimizer_b["state"][index][key])
+    assert metrics_without_timing(a) == metrics_without_timing(b)
+
+
+@pytest.mark.parametrize("fmt", ["state_dict", "safetensors"])
+def test_two_epochs_equal_one_plus_a_resumed_one(plugins, tmp_path: Path, fmt: str) -> None:
+    straight = run_experiment(
+        config(tmp_path, "straight", checkpoint_format=fmt), plugins, echo=lambda _: None
+    )
+    first = run_experiment(
+        config(tmp_path, "split", epochs=1, checkpoint_format=fmt), plugins, echo=lambda _: None
+    )
+    torch.manual_seed(12345)  # whatever the process did in between does not matter
+    torch.rand(100)
+    resumed = resume(plugins, first, epochs=2)
+    assert resumed == first
+    assert_identical(plugins, straight, resumed)
+    assert [p.name for p in checkpoint_files(resumed / "checkpoints", SUFFIXES)] == [
+        p.name for p in checkpoint_files(straight / "checkpoints", SUFFIXES)
+    ]
+    saved = json.loads((resumed / "config.json").read_text())
+    assert saved["config"]["epochs"] == 2 and saved["resumed"][0]["from"].startswith("epoch-001")
+    assert json.loads((resumed / "state.json").read_text())["state"] == "finished"
+
+
+class StopAtStep(Logger):
+    """Sends this process SIGTERM when the training loss of step ``at`` is logged."""
+
+    at = 0
+
+    def __init__(self, run) -> None:
+        self.run = run
+
+    def log_metrics(self, metrics, step) -> None:
+        if step == self.at and "train_loss" in metrics:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class StopPlugin:
+    @hookimpl
+    def register_loggers(self, register):
+        register("stop-at-step", StopAtStep)
+
+
+class Seen:
+    """Records what RunContext says about the start of each process of a run."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[int, bool]] = []
+
+    @hookimpl
+    def run_start(self, run):
+        self.starts.append((run.start_epoch, run.resumed))
+
+
+def test_sigterm_mid_epoch_then_resume_is_exact(make_plugins, tmp_path: Path) -> None:
+    seen = Seen()
+    plugins = make_plugins(("stop", StopPlugin()), ("seen", seen))
+    straight = run_experiment(config(tmp_path, "straight"), plugins, echo=lambda _: None)
+
+    StopAtStep.at = 8  # epoch 2, batch 2 of 6
+    lines: list[str] = []
+    with pytest.raises(RunInterrupted) as info:
+        run_experiment(config(tmp_path, "cut", logger=["stop-at-step"]), plugins, echo=lines.append)
+    assert info.value.exit_code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back
+    cut = tmp_path / "runs" / "cut"
+    assert any("expt run --resume" in line for line in lines)
+    state = json.loads((cut / "state.json").read_text())
+    assert state["state"] == "interrupted" and state["epoch"] == 1
+    assert state["checkpoint"] == "epoch-002-step-000008.pt"
+    partial = load_checkpoint(plugins, cut / "checkpoints" / state["checkpoint"])
+    assert partial.extra["position"]["batch"] == 2 and partial.step == 8
+
+    StopAtStep.at = 0
+    resumed = resume(plugins, cut)
+    assert_identical(plugins, straight, resumed)
+    # The partial checkpoint is gone once epoch 2 is complete.
+    names = [p.name for p in checkpoint_files(cut / "checkpoints", SUFFIXES)]
+    assert names == ["epoch-001.pt", "epoch-002.pt"]
+    assert seen.starts == [(1, False), (1, False), (2, True)]
+
+
+def test_metrics_written_after_the_checkpoint_are_not_duplicated(plugins, tmp_path: Path) -> None:
+    straight = run_experiment(config(tmp_path, "straight"), plugins, echo=lambda _: None)
+    run = run_experiment(config(tmp_path, "crashed", epochs=1), plugins, echo=lambda _: None)
+    with open(run / "metrics.jsonl", "a") as fh:  # a process killed after logging step 8
+        fh.write(json.dumps({"step": 8, "epoch": 2, "train_loss": 9.9}) + "\n")
+        fh.write('{"step": 9, "epo')  # and a torn line
+    resumed = resume(plugins, run, epochs=2)
+    assert metrics_without_timing(resumed) == metrics_without_timing(straight)
+
+
+def test_sigterm_to_a_real_process_leaves_a_resumable_checkpoint(expt, tmp_path: Path) -> None:
+    env = {**os.environ, "EXPT_DATA_DIR": str(tmp_path / "none"), "PYTHONUNBUFFERED": "1"}
+    args = ["run", "--dataset", "fashion-mnist-sample", "--epochs", "2", "--batch-size", "16",
+            "--device", "cpu", "--seed", "3", "--name", "t", "--log-every", "5",
+            "--limit-eval-batches", "1"]  # fmt: skip
+    child = subprocess.Popen(
+        [*EXPT, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    metrics = tmp_path / "runs" / "t" / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.stat().st_size > 0):
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert "continue with: expt run --resume runs/t" in out
+    assert "Interrupted by SIGTERM" in err and "Traceback" not in err
+    run = tmp_path / "runs" / "t"
+    state = json.loads((run / "state.json").read_text())
+    assert state["state"] == "interrupted"
+    assert (run / "checkpoints" / state["checkpoint"]).is_file()
+
+    result = expt("run", "--resume", "runs/t", "--epochs", "1", "--limit-train-batches", "1")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from epoch-001-step-" in result.stdout
+    assert json.loads((run / "state.json").read_text())["state"] == "finished"
+
+
+def test_resume_refuses_what_would_not_continue_the_same_run(plugins, tmp_path: Path) -> None:
+    run = run_experiment(config(tmp_path, "r", epochs=2), plugins, echo=lambda _: None)
+    with pytest.raises(ExptError, match="already trained 2 epoch"):
+        resume(plugins, run)
+    with pytest.raises(ExptError, match="--model cannot change"):
+        resume(plugins, run, epochs=3, model="vgg16")
+    with pytest.raises(ExptError, match="--batch-size cannot change"):
+        resume(plugins, run, epochs=3, batch_size=8)
+    with pytest.raises(ExptError, match="is not the newest checkpoint"):
+        resume(plugins, run / "checkpoints" / "epoch-001.pt", epochs=3)
+    with pytest.raises(ExptError, match="is not a run folder"):
+        resume(plugins, tmp_path, epochs=3)
+    with pytest.raises(ExptError, match="does not exist"):
+        resume(plugins, tmp_path / "nope", epochs=3)
+
+
+def test_resume_through_the_cli_with_a_checkpoint_file(expt, tmp_path: Path) -> None:
+    common = ["--limit-train-batches", "2", "--limit-eval-batches", "1", "--device", "cpu"]
+    first = expt("run", "--dataset", "fashion-mnist-sample", "--epochs", "1", "--name", "c",
+                 "--checkpoint-format", "safetensors", *common)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    result = expt("run", "--resume", "runs/c/checkpoints/epoch-001.safetensors", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2/2" in result.stdout
+    tests = [r for r in read_metrics(tmp_path / "runs/c/metrics.jsonl") if "test_loss" in r]
+    assert [r["epoch"] for r in tests] == [1, 2]
+    again = expt("run", "--resume", "runs/c", "--epochs", "2")
+    assert again.returncode == 1 and "already trained 2 epoch(s)" in again.stderr
+
+
+class NaNAfter(torch.nn.Module):
+    """QuickNet whose output turns to NaN after ``n`` training steps."""
+
+    def __init__(self, info, n: int) -> None:
+        super().__init__()
+        from exptorch_plugins.networks import QuickNet
+
+        self.net = QuickNet(info.channels, info.height, info.width, info.num_classes)
+        self.n = n
+
+    def forward(self, x):
+        if self.training:
+            self.n -= 1
+        out = self.net(x)
+        return out * float("nan") if self.n < 0 else out
+
+
+class NaNPlugin:
+    @hookimpl
+    def register_models(self, register):
+        register("nan-after-8", lambda info, **_: NaNAfter(info, 8))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_plugins, tmp_path: Path) -> None:
+    plugins = make_plugins(("nan", NaNPlugin()))
+    with pytest.raises(ExptError, match=r"training loss became nan at epoch 2, step 9") as info:
+        run_experiment(config(tmp_path, "n", model="nan-after-8"), plugins, echo=lambda _: None)
+    assert "last good checkpoint is epoch 1" in str(info.value)
+    run = tmp_path / "runs" / "n"
+    assert json.loads((run / "state.json").read_text())["state"] == "failed"
+    assert [p.name for p in checkpoint_files(run / "checkpoints", SUFFIXES)] == ["epoch-001.pt"]
+    weights = load_checkpoint(plugins, run / "checkpoints" / "epoch-001.pt").model_state
+    assert all(torch.isfinite(w).all() for w in weights.values())
