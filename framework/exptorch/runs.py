@@ -113,7 +113,7 @@ def read_run(path: Path) -> Run:
         state = "crashed"
     epochs_records = [r for r in history if "test_accuracy" in r]
     accuracies = [r["test_accuracy"] for r in epochs_records if _finite(r["test_accuracy"])]
-    final = {
+    final: dict[str, float] = {
         key: float(epochs_records[-1][key])
         for key in ("test_accuracy", "test_loss", "epoch_train_loss")
         if epochs_records and key in epochs_records[-1]

@@ -54,8 +54,10 @@ class TensorBoardLogger(Logger):
         # The metric tags are the run's own scalars, so the HParams dashboard shows
         # their last values; no extra scalars and no sub-folder are needed.
         final = {tag: float(value) for tag, value in metrics.items()}
+        writer = self.writer.file_writer  # the run's own event file, not a sub-folder
+        assert writer is not None, "log_hparams after finish"
         for summary in hparams_summary(flat, final):
-            self.writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
+            writer.add_summary(summary)
 
     def log_images(
         self, tag: str, images: torch.Tensor, captions: Sequence[str], step: int
@@ -121,7 +123,7 @@ def captioned_grid(images: torch.Tensor, captions: Sequence[str], columns: int =
         array = array.transpose(1, 2, 0)
         if array.shape[2] == 1:
             array = array.repeat(3, axis=2)
-        tile = Image.fromarray(array, "RGB").resize((TILE - 4, TILE - 4), Image.NEAREST)
+        tile = Image.fromarray(array, "RGB").resize((TILE - 4, TILE - 4), Image.Resampling.NEAREST)
         x, y = (i % columns) * TILE, (i // columns) * tile_h
         canvas.paste(tile, (x + 2, y + 2))
         colour = (120, 220, 120) if _agrees(caption) else (255, 110, 110)

@@ -133,7 +133,7 @@ class WandbLogger(Logger):
                     self.sync_command(),
                 )
         else:
-            self.run = wandb.init(mode=mode, settings=self._settings(timeout), **init)
+            self.run = wandb.init(mode=mode, settings=self._settings(timeout), **init)  # type: ignore[arg-type]
         log.info("wandb: run %s (%s) in %s", self.run_id, mode, self.run_folder)
 
     def _settings(self, timeout: float) -> Any:
