@@ -203,3 +203,26 @@ def test_disabled_mode_writes_no_wandb_files(wandb_env, tmp_path: Path) -> None:
     run = run_experiment(config, plugins, echo=lambda _: None)
     assert not wandb_files(run)
     assert json.loads((run / "state.json").read_text())["state"] == "finished"
+
+
+def test_expt_run_resume_continues_the_same_wandb_run(wandb_env, tmp_path: Path) -> None:
+    from exptorch.config import resolve_config
+    from exptorch.train import find_resume_point
+
+    plugins = load_plugins(environ={NO_AUTOLOAD_ENV: "1"})
+    first = run_experiment(
+        quick_config(tmp_path, epochs=1, limit_train_batches=4, log_every=2),
+        plugins, echo=lambda _: None,
+    )  # fmt: skip
+    point = find_resume_point(plugins, first)
+    config = resolve_config(
+        {"epochs": 2}, explicit=["epochs"], base=point.checkpoint.config,
+        plugin_options=[opt for _, opt in plugins.options()],
+    )  # fmt: skip
+    assert run_experiment(config, plugins, echo=lambda _: None, resume=point) == first
+
+    before, after = (read_wandb(f) for f in wandb_files(first))
+    assert before["run_id"] == after["run_id"]
+    steps = [row["_step"] for row in before["history"] + after["history"]]
+    assert steps == sorted(steps) and steps[-1] == 8
+    assert after["summary"]["state"] == "finished"
