@@ -28,6 +28,10 @@ print("HEAVY", heavy)
         ["plugins", "--json"],
         ["--version"],
         ["runs", "list", "--runs-dir", "."],
+        ["predict", "--help"],
+        ["eval", "--help"],
+        ["plugins", "show", "vgg16"],
+        ["plugins", "show", "folder", "--json"],
     ],
 )
 def test_cli_start_up_imports_no_heavy_library(args: list[str]) -> None:
@@ -45,6 +49,8 @@ def test_run_help_lists_every_option(expt) -> None:
     for flag in ("--model", "--dataset", "--data-dir", "--device", "--logger", "--epochs",
                  "--batch-size", "--lr", "--optimizer", "--momentum", "--seed", "--log-every",
                  "--checkpoint-format", "--runs-dir", "--name", "--limit-train-batches",
-                 "--limit-eval-batches", "--config"):  # fmt: skip
+                 "--limit-eval-batches", "--config", "--resume", "--keep",
+                 "--trust-checkpoint", "--vgg16-head", "--vgg16-pretrained",
+                 "--vgg16-freeze-backbone", "--folder-train", "--folder-image-size"):  # fmt: skip
         assert flag in out
     assert "[default: 64]" in out

@@ -1,0 +1,56 @@
+"""``expt eval``: loss, accuracy, per-class table and confusion matrix of a saved model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from image_folders import make_class_folders, train_colour_model
+
+from exptorch import ExptError
+from exptorch.evaluate import evaluate_checkpoint, format_report
+from exptorch.rundir import read_metrics
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return train_colour_model(tmp_path_factory.mktemp("eval"), checkpoint_format="state_dict")
+
+
+def test_eval_reproduces_the_runs_own_test_metrics(expt, run: Path) -> None:
+    result = expt("eval", "--checkpoint", str(run), "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    final = [r for r in read_metrics(run / "metrics.jsonl") if "test_loss" in r][-1]
+    assert report["epoch"] == 12 and report["dataset"] == "folder"
+    assert report["images"] == 9  # a quarter of each class's 12 images
+    assert report["test_accuracy"] == pytest.approx(final["test_accuracy"])
+    assert report["test_loss"] == pytest.approx(final["test_loss"], rel=1e-5)
+    matrix = report["confusion_matrix"]
+    assert sum(map(sum, matrix)) == 9 and [sum(row) for row in matrix] == [3, 3, 3]
+    assert [row["class"] for row in report["per_class"]] == ["blue", "green", "red"]
+    correct = sum(row["correct"] for row in report["per_class"])
+    assert correct == sum(matrix[i][i] for i in range(3))
+    assert correct / 9 == pytest.approx(report["test_accuracy"])
+
+
+def test_eval_text_report_and_another_test_folder(plugins, run: Path, tmp_path: Path) -> None:
+    other = make_class_folders(tmp_path / "other", per_class=5)
+    report = evaluate_checkpoint(plugins, run, options={"folder_test": str(other)}, device="cpu")
+    assert report["images"] == 15
+    text = format_report(report)
+    assert "test_accuracy" in text and "confusion matrix" in text
+    assert text.count("\n") > 10 and " 2 red" in text
+
+
+def test_eval_on_a_dataset_with_other_classes_is_one_sentence(expt, run: Path) -> None:
+    result = expt("eval", "--checkpoint", str(run), "--dataset", "fashion-mnist-sample")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "has classes T-shirt/top" in last and "trained on blue, green, red" in last
+
+
+def test_eval_of_a_missing_checkpoint(plugins, tmp_path: Path) -> None:
+    with pytest.raises(ExptError, match="holds no checkpoint"):
+        evaluate_checkpoint(plugins, tmp_path)

@@ -1,0 +1,156 @@
+"""``expt predict`` on real PNG and JPEG files of many modes, with bad files mixed in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from image_folders import COLOURS, picture, train_colour_model
+from PIL import Image
+
+from exptorch import ExptError
+from exptorch.checkpoint import build_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from exptorch.data import Batches
+from exptorch.predict import predict_files
+from exptorch.types import DatasetInfo
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return train_colour_model(tmp_path_factory.mktemp("predict"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(run: Path) -> Path:
+    path = run / "checkpoints" / "epoch-012.safetensors"
+    assert path.is_file()
+    return path
+
+
+def write_images(folder: Path) -> dict[str, str]:
+    """Images in many modes and sizes, named after the class each one shows."""
+    folder.mkdir()
+    red, green, blue = (picture(COLOURS[c], (64, 48), seed=7) for c in ("red", "green", "blue"))
+    rgba = red.convert("RGBA")
+    alpha = np.full((48, 64), 255, np.uint8)
+    alpha[:4] = 0  # a transparent strip (shown as white) does not change the verdict
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(folder / "red-rgba.png")
+    green.quantize(16).save(folder / "green-palette.png")
+    red.convert("CMYK").save(folder / "red-cmyk.jpg")
+    blue.resize((300, 200)).save(folder / "blue-large.jpeg", quality=90)
+    blue.convert("RGBA").convert("LA").save(folder / "grey-la.png")
+    blue.convert("L").convert("I;16").save(folder / "grey-16bit.png")
+    blue.save(folder / "blue.bmp")
+    return {
+        "red-rgba.png": "red", "green-palette.png": "green", "red-cmyk.jpg": "red",
+        "blue-large.jpeg": "blue", "blue.bmp": "blue",
+        "grey-la.png": None, "grey-16bit.png": None,
+    }  # fmt: skip
+
+
+def write_bad_files(folder: Path) -> list[Path]:
+    good = (folder / "red-rgba.png").read_bytes()
+    truncated = folder / "truncated.png"
+    truncated.write_bytes(good[: len(good) // 2])
+    jpeg = (folder / "blue-large.jpeg").read_bytes()
+    cut_jpeg = folder / "cut.jpeg"
+    cut_jpeg.write_bytes(jpeg[:300])
+    text = folder / "notes.jpg"
+    text.write_text("this is not a picture")
+    return [truncated, cut_jpeg, text]
+
+
+def test_predict_many_modes_with_bad_files_in_a_real_process(
+    expt, checkpoint: Path, tmp_path: Path
+) -> None:
+    expected = write_images(tmp_path / "images")
+    bad = write_bad_files(tmp_path / "images")
+    missing = tmp_path / "missing.png"
+    result = expt("predict", "--checkpoint", str(checkpoint), "images", str(missing), "--top", "2")
+    assert result.returncode == 1  # some files failed
+    lines = result.stdout.splitlines()
+    verdicts = {
+        Path(line.split(":")[0]).name: line.split(": ")[1].split(" (")[0]
+        for line in lines
+        if not line.startswith(" ")
+    }
+    assert set(verdicts) == set(expected)
+    for name, colour in expected.items():
+        if colour is not None:
+            assert verdicts[name] == colour, (name, result.stdout)
+    assert sum(line.startswith("    ") for line in lines) == len(expected)  # --top 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 4 and "Traceback" not in result.stderr
+    for path in [*bad, missing]:
+        assert any(path.name in line for line in errors), (path, errors)
+
+
+def test_predict_json_top_k(expt, checkpoint: Path, tmp_path: Path) -> None:
+    write_images(tmp_path / "images")
+    result = expt(
+        "predict", "--checkpoint", str(checkpoint), "images/red-cmyk.jpg", "images/blue.bmp",
+        "--json", "--top", "5", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["errors"] == [] and data["input"] == {"channels": 3, "height": 16, "width": 16}
+    first, second = data["predictions"]
+    assert first["class"] == "red" and second["class"] == "blue"
+    assert first["top"][0]["class"] == "red" and len(first["top"]) == 3  # only 3 classes
+    probabilities = [t["probability"] for t in first["top"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_predict_normalises_exactly_as_training(plugins, run: Path, checkpoint: Path) -> None:
+    """A training image through predict == the same image as the training batches saw it."""
+    from exptorch_plugins import folder
+
+    ckpt = load_checkpoint(plugins, checkpoint)
+    options = ckpt.config["options"]
+    splits = folder.load(**{k: v for k, v in options.items() if k.startswith("folder_")})
+    image_file = sorted((Path(options["folder_train"]) / "green").iterdir())[0]
+    index = 12  # the classes are sorted: blue, green, red; training order is file order
+    info = DatasetInfo.from_dict(ckpt.meta["info"])
+    model = build_model(plugins, ckpt)
+    batches = Batches(
+        splits.train_images[index : index + 1], splits.train_labels[index : index + 1],
+        batch_size=1, device=torch.device("cpu"), mean=info.mean, std=info.std, shuffle=False,
+    )  # fmt: skip
+    images, labels = next(iter(batches))
+    assert labels.item() == 1
+    with torch.no_grad():
+        expected = torch.softmax(model(images), dim=1)[0]
+    result = predict_files(plugins, checkpoint, [image_file], top=3, device="cpu")
+    got = dict(result.predictions[0].top)
+    for i, name in enumerate(info.classes):
+        assert got[name] == pytest.approx(float(expected[i]), abs=1e-6)
+
+
+def test_full_checkpoint_needs_trust_and_then_predicts(plugins, checkpoint: Path, tmp_path) -> None:
+    ckpt = load_checkpoint(plugins, checkpoint)
+    ckpt.module = build_model(plugins, ckpt)
+    full = plugins.get("checkpoint format", "full").factory()
+    path = save_checkpoint(full, ckpt, tmp_path / "model.full.pt")
+    write_images(tmp_path / "images")
+    with pytest.raises(ExptError, match="--trust-checkpoint"):
+        predict_files(plugins, path, [tmp_path / "images" / "blue.bmp"])
+    result = predict_files(plugins, path, [tmp_path / "images" / "blue.bmp"], trust=True)
+    assert result.predictions[0].top[0][0] == "blue"
+
+
+def test_a_run_folder_and_an_empty_folder(plugins, run: Path, tmp_path: Path) -> None:
+    write_images(tmp_path / "images")
+    (tmp_path / "empty").mkdir()
+    assert latest_checkpoint(run, plugins).name == "epoch-012.safetensors"
+    result = predict_files(plugins, run, [tmp_path / "images" / "blue.bmp", tmp_path / "empty"])
+    assert [p.top[0][0] for p in result.predictions] == ["blue"]
+    assert result.failures == [
+        (str(tmp_path / "empty"), f"{tmp_path / 'empty'} holds no image files.")
+    ]
+    with pytest.raises(ExptError, match="--top must be at least 1"):
+        predict_files(plugins, run, [tmp_path / "images"], top=0)
