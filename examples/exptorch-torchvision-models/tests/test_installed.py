@@ -46,12 +46,14 @@ def test_expt_plugins_lists_the_models(tmp_path: Path) -> None:
 def test_expt_run_end_to_end(tmp_path: Path) -> None:
     result = expt(
         "run", "--model", "tv-resnet18", "--tv-small-input", "--dataset", "fashion-mnist-sample",
-        "--epochs", "1", "--limit-train-batches", "4", "--limit-eval-batches", "1",
+        "--epochs", "1", "--batch-size", "16", "--limit-train-batches", "2",
+        "--limit-eval-batches", "1",
         "--device", "cpu", "--seed", "0", "--name", "e2e",
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "tv-resnet18 (11,16" in result.stdout  # parameter count of a 1-channel, 10-class net
+    # The parameter count of ResNet-18 with a 1-channel stem and 10 classes.
+    assert "tv-resnet18 (11,175,370 parameters)" in result.stdout
     run = tmp_path / "runs" / "e2e"
     config = json.loads((run / "config.json").read_text())
     assert config["plugins"]["torchvision_models"] == {"distribution": DIST, "version": VERSION}
