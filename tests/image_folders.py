@@ -30,6 +30,16 @@ def make_class_folders(root: Path, per_class: int = 10, grey: bool = False) -> P
     return root
 
 
+_TRAINED: dict[str, Path] = {}
+
+
+def colour_run(tmp_path_factory) -> Path:
+    """One trained colour run per test session, shared by the predict and eval tests."""
+    if "run" not in _TRAINED:
+        _TRAINED["run"] = train_colour_model(tmp_path_factory.mktemp("colours"))
+    return _TRAINED["run"]
+
+
 def train_colour_model(tmp: Path, checkpoint_format: str = "safetensors") -> Path:
     """Train quicknet on 16x16 colour classes until it knows them; return the run folder."""
     from exptorch.config import RunConfig

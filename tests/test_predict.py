@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from image_folders import COLOURS, picture, train_colour_model
+from image_folders import COLOURS, colour_run, picture
 from PIL import Image
 
 from exptorch import ExptError
@@ -20,7 +20,7 @@ from exptorch.types import DatasetInfo
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    return train_colour_model(tmp_path_factory.mktemp("predict"))
+    return colour_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +89,11 @@ def test_predict_many_modes_with_bad_files_in_a_real_process(
         assert any(path.name in line for line in errors), (path, errors)
 
 
-def test_predict_json_top_k(expt, checkpoint: Path, tmp_path: Path) -> None:
+def test_predict_json_top_k(plugins, checkpoint: Path, tmp_path: Path) -> None:
     write_images(tmp_path / "images")
-    result = expt(
-        "predict", "--checkpoint", str(checkpoint), "images/red-cmyk.jpg", "images/blue.bmp",
-        "--json", "--top", "5", "--device", "cpu",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    files = [tmp_path / "images" / "red-cmyk.jpg", tmp_path / "images" / "blue.bmp"]
+    result = predict_files(plugins, checkpoint, files, top=5, device="cpu")
+    data = json.loads(json.dumps(result.to_dict()))  # what --json prints
     assert data["errors"] == [] and data["input"] == {"channels": 3, "height": 16, "width": 16}
     first, second = data["predictions"]
     assert first["class"] == "red" and second["class"] == "blue"

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,54 +31,50 @@ def train_one_step(model: nn.Module, info: DatasetInfo) -> float:
     return sum(float((p.detach() - b).abs().sum()) for p, b in zip(params, before, strict=True))
 
 
-@pytest.mark.parametrize("head", ["replace", "append"])
-def test_both_heads_give_the_class_count_and_train(head: str) -> None:
+def test_append_head_on_32x32_rgb_gives_the_classes_and_trains() -> None:
     torch.manual_seed(0)
-    model = vgg16.build(CIFAR, vgg16_head=head)
-    if head == "replace":
-        assert model.classifier[6].out_features == 10 and len(model.classifier) == 7
-    else:
-        assert model.classifier[6].out_features == 1000
-        assert model.classifier.add_linear.in_features == 1000
-        assert model.classifier.add_linear.out_features == 10
+    model = vgg16.build(CIFAR, vgg16_head="append")
+    assert model.classifier[6].out_features == 1000
+    assert model.classifier.add_linear.in_features == 1000
+    assert model.classifier.add_linear.out_features == 10
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.features) == 5  # 32 px: all fit
+    assert all(p.requires_grad for p in model.parameters())
     assert train_one_step(model, CIFAR) > 0
 
 
-def test_grey_28x28_input_and_frozen_backbone() -> None:
-    torch.manual_seed(0)
-    model = vgg16.build(FASHION, vgg16_head="append", vgg16_freeze_backbone=True)
-    assert model.features[0].in_channels == 1
-    # 28 px: four halvings fit (28 -> 1), the fifth max-pool became an identity.
-    assert sum(isinstance(m, nn.MaxPool2d) for m in model.features) == 4
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"classifier.add_linear.weight", "classifier.add_linear.bias"}
-    head = model.classifier.add_linear.weight.detach().clone()
-    first = model.features[0].weight.detach().clone()
-    assert train_one_step(model, FASHION) > 0
-    assert not torch.equal(model.classifier.add_linear.weight, head)
-    assert torch.equal(model.features[0].weight, first)
-
-
-def test_pretrained_weights_from_a_local_file(tmp_path: Path) -> None:
-    """The file's weights land in the model; grey input sees the sum of the RGB kernels."""
+def test_replace_head_on_grey_28x28_from_a_local_file_with_frozen_backbone(tmp_path: Path) -> None:
+    """Pretrained weights land in the model, grey input sees the sum of the RGB kernels,
+    and with a frozen backbone only the new layer moves."""
+    from safetensors.torch import save_file
     from torchvision.models import vgg16 as tv_vgg16
 
     torch.manual_seed(1)
     reference = tv_vgg16()
     state = reference.state_dict()
     path = tmp_path / "vgg16-test.safetensors"
-    from safetensors.torch import save_file
-
     save_file({f"module.{k}": v for k, v in state.items()}, path)  # DDP-style keys
-    model = vgg16.build(FASHION, vgg16_pretrained=str(path), vgg16_head="replace")
+    model = vgg16.build(
+        FASHION, vgg16_pretrained=str(path), vgg16_head="replace", vgg16_freeze_backbone=True
+    )
+    assert len(model.classifier) == 7 and model.classifier[6].out_features == 7
     assert torch.equal(model.features[2].weight, state["features.2.weight"])
     assert torch.equal(model.classifier[3].weight, state["classifier.3.weight"])
     assert torch.equal(model.features[0].weight, state["features.0.weight"].sum(1, keepdim=True))
     # Grey image through the adapted conv == the grey image repeated into RGB, original conv.
     grey = torch.rand(1, 1, 28, 28)
-    adapted = model.features[0](grey)
-    original = reference.features[0](grey.repeat(1, 3, 1, 1))
-    torch.testing.assert_close(adapted, original, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        model.features[0](grey), reference.features[0](grey.repeat(1, 3, 1, 1)),
+        rtol=1e-4, atol=1e-5,
+    )  # fmt: skip
+    # 28 px: four halvings fit (28 -> 1); the fifth max-pool became an identity.
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.features) == 4
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"classifier.6.weight", "classifier.6.bias"}
+    head = model.classifier[6].weight.detach().clone()
+    assert train_one_step(model, FASHION) > 0
+    assert not torch.equal(model.classifier[6].weight, head)
+    assert torch.equal(model.features[0].weight, state["features.0.weight"].sum(1, keepdim=True))
+    assert torch.equal(model.classifier[3].weight, state["classifier.3.weight"])
 
 
 def test_wrong_weights_file_is_one_sentence(tmp_path: Path) -> None:
@@ -96,26 +89,22 @@ def test_wrong_weights_file_is_one_sentence(tmp_path: Path) -> None:
         vgg16.build(CIFAR, vgg16_pretrained=str(tmp_path / "junk.pth"))
 
 
-def test_imagenet_weights_without_cache_or_network_is_one_sentence(tmp_path: Path) -> None:
-    """A real ``expt run`` with an empty torchvision cache and no reachable download server."""
-    env = {
-        **os.environ,
-        "TORCH_HOME": str(tmp_path / "torch-home"),
-        "http_proxy": "http://127.0.0.1:9",  # nothing listens on the discard port
-        "https_proxy": "http://127.0.0.1:9",
-        "HTTPS_PROXY": "http://127.0.0.1:9",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "exptorch", "run", "--model", "vgg16", "--dataset",
-         "fashion-mnist-sample", "--vgg16-pretrained", "imagenet", "--device", "cpu"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: VGG16's ImageNet weights are not in torchvision's cache")
-    assert str(tmp_path / "torch-home" / "hub" / "checkpoints" / "vgg16-397923af.pth") in last
-    assert "--vgg16-pretrained PATH" in last
-    assert not (tmp_path / "runs").exists()
+def test_imagenet_weights_without_cache_or_network_is_one_sentence(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """An empty torchvision cache (TORCH_HOME) and no reachable download server."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    for name in ("http_proxy", "https_proxy", "HTTPS_PROXY"):  # nothing listens on port 9
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    with pytest.raises(ExptError) as info:
+        vgg16.build(CIFAR, vgg16_pretrained="imagenet")
+    message = str(info.value)
+    assert message.startswith("VGG16's ImageNet weights are not in torchvision's cache")
+    assert str(tmp_path / "torch-home" / "hub" / "checkpoints" / "vgg16-397923af.pth") in message
+    assert "--vgg16-pretrained PATH" in message and "\n" not in message
+    assert not (tmp_path / "torch-home" / "hub" / "checkpoints").exists() or not list(
+        (tmp_path / "torch-home" / "hub" / "checkpoints").iterdir()
+    )  # no partial download left behind
 
 
 def test_imagenet_weights_come_from_torchvisions_cache(tmp_path: Path, monkeypatch) -> None:

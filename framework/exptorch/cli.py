@@ -164,6 +164,7 @@ def add_plugin_options(
 @click.pass_context
 def run_command(
     ctx: click.Context,
+    /,
     config_file: Path | None,
     resume: Path | None,
     trust_checkpoint: bool,
@@ -290,6 +291,7 @@ def predict_command(
 @click.pass_context
 def eval_command(
     ctx: click.Context,
+    /,
     checkpoint: Path,
     dataset: str | None,
     data_dir: Path | None,

@@ -104,7 +104,6 @@ def find_resume_point(plugins: Plugins, target: Path, *, trust: bool = False) ->
     ``TARGET`` is a run folder (its newest checkpoint is used) or the newest
     checkpoint file in a run folder's ``checkpoints/``.
     """
-    target = target.resolve() if target.exists() else target
     if target.is_dir():
         run_path = target.parent if target.name == "checkpoints" else target
     elif target.is_file():
@@ -122,7 +121,7 @@ def find_resume_point(plugins: Plugins, target: Path, *, trust: bool = False) ->
     if not files:
         raise ExptError(f"{run_path} holds no checkpoint to resume from.")
     path = files[-1] if target.is_dir() else target
-    if path != files[-1]:
+    if path.resolve() != files[-1].resolve():
         raise ExptError(
             f"{path.name} is not the newest checkpoint of {run_path} ({files[-1].name} is); "
             "resuming from it would rewrite the run's later epochs, so resume from the newest."

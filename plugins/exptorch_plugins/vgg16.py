@@ -114,7 +114,7 @@ def adapt_input(model: nn.Module, channels: int, height: int, width: int) -> Non
     if channels != 3:
         old = features[0]
         assert isinstance(old, nn.Conv2d)
-        new = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+        new = nn.Conv2d(channels, old.out_channels, kernel_size=3, padding=1)  # as VGG's own
         with torch.no_grad():
             summed = old.weight.sum(dim=1, keepdim=True)
             new.weight.copy_(summed.repeat(1, channels, 1, 1) / channels)
@@ -156,7 +156,7 @@ def build(
         log.warning("--vgg16-freeze-backbone without --vgg16-pretrained trains only the head")
     adapt_input(model, info.channels, info.height, info.width)
 
-    classifier: nn.Sequential = model.classifier  # type: ignore[assignment]
+    classifier: nn.Sequential = model.classifier
     if vgg16_head == "replace":
         classifier[6] = nn.Linear(4096, info.num_classes)
         head: nn.Module = classifier[6]
