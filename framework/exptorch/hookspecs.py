@@ -100,7 +100,8 @@ def register_checkpoint_formats(register: Register) -> None:
 
     :param register: call ``register(name, factory, ...)`` per format.
         ``factory() -> CheckpointFormat`` returns an object with a ``suffix``
-        and ``save``/``load`` methods.
+        and ``save``/``load`` methods (see :class:`~exptorch.CheckpointFormat`:
+        companion files, atomic writes, and ``trust`` for formats that unpickle).
 
     Return nothing.
     """
