@@ -197,6 +197,12 @@ def run_command(
         plugin_options=[opt for _, opt in plugins.options()],
         base=_unmasked(point.checkpoint.config) if point else None,
     )
+    if config.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        # Re-run this very command in N processes under torch.distributed.run; each one
+        # sees LOCAL_RANK and trains its share (see exptorch.distributed).
+        from exptorch.distributed import launch
+
+        ctx.exit(launch(config.nproc_per_node, sys.argv[1:]))
     quiet = ctx.meta.get("exptorch.quiet")  # warnings and errors still reach stderr
     try:
         if quiet:
@@ -325,6 +331,17 @@ def eval_command(
 for _field in reversed(config_fields()):
     run_command.params.insert(0, _click_option(_field))
 cli.add_command(run_command)
+
+
+@cli.command("recipes")
+@click.argument("name", required=False)
+def recipes_command(name: str | None) -> None:
+    """List the bundled recipes for `expt run --recipe`, or show one's settings."""
+    from exptorch.config import read_recipe, recipe_names
+
+    for recipe in [name] if name else recipe_names():
+        settings = read_recipe(recipe)
+        click.echo(f"{recipe}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 cli.add_command(predict_command)
 cli.add_command(eval_command)
 cli.add_command(runs_group)

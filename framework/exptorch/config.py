@@ -65,6 +65,36 @@ class RunConfig:
     limit_train_batches: int | None = _opt(None, "Train on at most N batches per epoch.", minimum=1)
     limit_eval_batches: int | None = _opt(None, "Test on at most N batches.", minimum=1)
     download: bool = _opt(True, "Download a missing dataset.", flag="--download/--no-download")
+    # --- speed and recipe (see README "Performance") ---
+    recipe: str | None = _opt(
+        None, "Named set of defaults under the config file and flags (`expt recipes`)."
+    )
+    precision: str = _opt(
+        "auto",
+        "Autocast precision; auto: bf16 on CUDA GPUs that support it, else fp16 on CUDA, "
+        "fp32 on CPU and MPS.",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    channels_last: str = _opt(
+        "auto", "Channels-last memory format; auto: on for CPU and CUDA.",
+        choices=("auto", "on", "off"),
+    )  # fmt: skip
+    compile: bool = _opt(False, "torch.compile the model.", flag="--compile/--no-compile")
+    data_on_device: str = _opt(
+        "auto", "Keep the whole dataset in GPU memory; auto: when it fits.",
+        choices=("auto", "on", "off"),
+    )  # fmt: skip
+    augment: bool = _opt(
+        False, "Random crop (pad 4) and horizontal flip.", flag="--augment/--no-augment"
+    )
+    label_smoothing: float = _opt(0.0, "Label smoothing of the loss.", minimum=0)
+    schedule: str = _opt(
+        "constant", "Learning-rate schedule over all steps.",
+        choices=("constant", "cosine", "onecycle"),
+    )  # fmt: skip
+    nproc_per_node: int = _opt(
+        1, "Train with DDP in N processes on this machine (torch.distributed.run).", minimum=1
+    )
     #: Options declared by plugins (see :class:`exptorch.Option`), by name.
     options: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
 
@@ -135,6 +165,24 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in data.items()}
 
 
+def recipe_names() -> list[str]:
+    """The recipes bundled with exptorch (``recipes/NAME.toml``)."""
+    import importlib.resources
+
+    folder = importlib.resources.files("exptorch") / "recipes"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_recipe(name: str) -> dict[str, Any]:
+    """A bundled recipe's settings, as a config file would give them."""
+    import importlib.resources
+
+    if name not in recipe_names():
+        raise ExptError(f"Unknown recipe {name!r}; available: {', '.join(recipe_names())}.")
+    text = (importlib.resources.files("exptorch") / "recipes" / f"{name}.toml").read_text()
+    return {key.replace("-", "_"): value for key, value in tomllib.loads(text).items()}
+
+
 def resolve_config(
     flags: Mapping[str, Any],
     *,
@@ -161,6 +209,10 @@ def resolve_config(
         options.update(base.get("options") or {})
 
     file_values = read_config_file(config_file) if config_file is not None else {}
+    recipe = flags.get("recipe") if "recipe" in explicit else file_values.get("recipe")
+    if recipe:
+        # A recipe sits under the config file and the flags: both can override it.
+        file_values = {**read_recipe(str(recipe)), **file_values}
     for key, value in file_values.items():
         if key in core:
             f = core[key]
@@ -198,6 +250,11 @@ def validate(config: RunConfig) -> None:
             )
         if f.metadata.get("positive") and value <= 0:
             raise ExptError(f"--{f.name.replace('_', '-')} must be positive, not {value}.")
+    if config.batch_size % config.nproc_per_node:
+        raise ExptError(
+            f"--batch-size {config.batch_size} is the global batch and must divide evenly "
+            f"among {config.nproc_per_node} processes."
+        )
     if config.name is not None and (
         not _PLAIN_NAME.match(config.name) or config.name in (".", "..")
     ):

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -88,6 +88,16 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     tensor = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.broadcast(tensor, src=0)
     return bool(tensor.item())
+
+
+def broadcast_objects(values: list[Any]) -> list[Any]:
+    """Rank 0's ``values`` (picklable) on every rank, such as the run name and seed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    dist.broadcast_object_list(values, src=0)
+    return values
 
 
 def shutdown() -> None:

@@ -209,3 +209,35 @@ class RunDir:
             self.sync()
             self._metrics.close()
             self._metrics = None
+
+
+class FollowerRunDir(RunDir):
+    """The run folder as a DDP rank other than 0 holds it: it reads and writes nothing.
+
+    Only rank 0 writes a distributed run's files; the other ranks run the same
+    loop against this stand-in.
+    """
+
+    def read_state(self) -> dict[str, Any]:
+        return {}
+
+    def truncate_metrics(self, step: int) -> int:
+        return 0
+
+    def write_config(self, data: Mapping[str, Any]) -> None:
+        pass
+
+    def read_config(self) -> dict[str, Any]:
+        return {}
+
+    def set_state(self, state: str, **fields: Any) -> None:
+        pass
+
+    def log_metrics(self, record: Mapping[str, Any]) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

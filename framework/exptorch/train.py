@@ -8,6 +8,7 @@ Everything a plugin contributes is reached through a factory it registered.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import platform
@@ -31,9 +32,10 @@ from exptorch.checkpoint import (
 )
 from exptorch.config import RunConfig
 from exptorch.data import Batches
+from exptorch.distributed import current_world
 from exptorch.errors import ExptError
 from exptorch.plugins import Plugins, Registration
-from exptorch.rundir import RunDir, remove_stale_staging
+from exptorch.rundir import FollowerRunDir, RunDir, remove_stale_staging
 from exptorch.secrets import redact
 from exptorch.types import Checkpoint, DatasetInfo, Logger, RunContext
 
@@ -199,6 +201,43 @@ def make_optimizer(config: RunConfig, params: Any) -> torch.optim.Optimizer:
     raise ExptError(f"Unknown optimizer {config.optimizer!r}; available: sgd, adamw.")
 
 
+def resolve_speed(config: RunConfig, device: torch.device) -> RunConfig:
+    """Turn ``auto`` precision and memory format into this device's choice (recorded in config)."""
+    import torch
+
+    precision = config.precision
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+    channels_last = config.channels_last
+    if channels_last == "auto":
+        channels_last = "off" if device.type == "mps" else "on"
+    return dataclasses.replace(config, precision=precision, channels_last=channels_last)
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The learning rate at ``step`` of ``total``, as a fraction of ``--lr``.
+
+    ``cosine`` anneals from 1 to 0; ``onecycle`` warms up linearly from 0.1 over the
+    first 25% of steps, then anneals with a cosine to 0.001. A pure function of the
+    step, so a resumed run continues the schedule exactly.
+    """
+    import math
+
+    progress = min(step / max(total, 1), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "onecycle":
+        warmup = 0.25
+        if progress < warmup:
+            return 0.1 + 0.9 * progress / warmup
+        rest = (progress - warmup) / (1 - warmup)
+        return 0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * rest))
+    return 1.0
+
+
 def versions() -> dict[str, str]:
     import torch
     import torchvision
@@ -305,20 +344,31 @@ class GuardedLogger(Logger):
         self._call("finish", state)
 
 
-def evaluate(model: torch.nn.Module, batches: Batches) -> dict[str, float]:
-    """Test loss (mean cross-entropy) and accuracy (fraction correct) over ``batches``."""
+def evaluate(
+    model: torch.nn.Module, batches: Batches, autocast: Callable[[], Any] | None = None
+) -> dict[str, float]:
+    """Test loss (mean cross-entropy) and accuracy (fraction correct) over ``batches``.
+
+    Under DDP each rank evaluates its share and the sums are added up across ranks.
+    """
+    import contextlib
+
     import torch
     import torch.nn.functional as F
+
+    from exptorch.distributed import all_reduce_sum
 
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     with torch.no_grad():
         for images, labels in batches:
-            logits = model(images)
-            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                logits = model(images)
+            total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
             correct += int((logits.argmax(dim=1) == labels).sum().item())
             seen += len(labels)
-    return {"test_loss": total_loss / max(seen, 1), "test_accuracy": correct / max(seen, 1)}
+    total_loss, n_correct, n_seen = all_reduce_sum([total_loss, correct, seen], batches.device)
+    return {"test_loss": total_loss / max(n_seen, 1), "test_accuracy": n_correct / max(n_seen, 1)}
 
 
 def prediction_samples(
@@ -373,16 +423,31 @@ def run_experiment(
     else:
         runs_dir = Path(config.runs_dir)
         name = config.name or f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        RunDir.check_new(runs_dir, name)
+        if current_world().is_main:
+            RunDir.check_new(runs_dir, name)
 
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
 
+    from exptorch import distributed
+
+    world = current_world()
     device = make_device(plugins, config.device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
-    config = dataclasses.replace(config, seed=seed, name=name)
+    if world.distributed:
+        if config.batch_size % world.world_size:
+            raise ExptError(
+                f"--batch-size {config.batch_size} is the global batch and must divide evenly "
+                f"among {world.world_size} processes."
+            )
+        distributed.init(world, device)
+        name, seed = distributed.broadcast_objects([name, seed])  # rank 0's choice for all
+    config = resolve_speed(dataclasses.replace(config, seed=seed, name=name), device)
     torch.manual_seed(seed)
+    channels_last = config.channels_last == "on"
 
     # --- data: decoded once into uint8 tensors, normalised per batch on the device ---
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
@@ -390,14 +455,18 @@ def run_experiment(
         data_dir=data_dir, download=config.download, **plugin_kwargs(dataset_reg, config)
     )
     info: DatasetInfo = splits.info
+    shared: dict[str, Any] = dict(
+        device=device, mean=info.mean, std=info.std, channels_last=channels_last,
+        data_on_device=config.data_on_device, rank=world.rank, world_size=world.world_size,
+    )  # fmt: skip
     train_batches = Batches(
-        splits.train_images, splits.train_labels, batch_size=config.batch_size, device=device,
-        mean=info.mean, std=info.std, shuffle=True, seed=seed, limit=config.limit_train_batches,
+        splits.train_images, splits.train_labels, batch_size=config.batch_size // world.world_size,
+        shuffle=True, seed=seed, limit=config.limit_train_batches, augment=config.augment,
+        **shared,
     )  # fmt: skip
     test_batches = Batches(
         splits.test_images, splits.test_labels, batch_size=max(config.batch_size, 256),
-        device=device, mean=info.mean, std=info.std, shuffle=False,
-        limit=config.limit_eval_batches,
+        shuffle=False, limit=config.limit_eval_batches, **shared,
     )  # fmt: skip
 
     # --- model and optimizer (a resumed run's from its checkpoint) ---
@@ -409,6 +478,24 @@ def run_experiment(
         model = model_reg.factory(info, **{**model_options, **initial})
         model.load_state_dict(resume.checkpoint.model_state)
         model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # ``net`` is what the loop calls (maybe DDP-wrapped and compiled); ``model`` keeps the
+    # plain module, so checkpoints hold plain parameter names that load anywhere.
+    net: Any = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)
+    low_precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    autocast = functools.partial(
+        torch.autocast, device.type, dtype=low_precision, enabled=low_precision is not None
+    )
+    scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
+    if scaler is not None and resume is not None and "grad_scaler" in resume.checkpoint.extra:
+        scaler.load_state_dict(resume.checkpoint.extra["grad_scaler"])
     optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
     if resume is not None and resume.checkpoint.optimizer_state is not None:
         optimizer.load_state_dict(resume.checkpoint.optimizer_state)
@@ -419,7 +506,11 @@ def run_experiment(
 
     # --- the run folder: created only now, so a mistake above leaves nothing behind ---
     used = {reg.plugin for reg in (model_reg, dataset_reg, *logger_regs)}
-    if resume is None:
+    run_dir: RunDir
+    if not world.is_main:  # only rank 0 writes files, logs and prints
+        run_dir = FollowerRunDir(runs_dir / name)
+        logger_regs, echo = [], lambda _: None
+    elif resume is None:
         run_dir = RunDir.create(runs_dir, name)
         run_dir.write_config(
             {
@@ -473,6 +564,8 @@ def run_experiment(
             extra["cuda_rng_state"] = torch.cuda.get_rng_state(device)
         if position is not None:
             extra["position"] = position
+        if scaler is not None:
+            extra["grad_scaler"] = scaler.state_dict()
         checkpoint = Checkpoint(
             model_state=model.state_dict(),
             optimizer_state=optimizer.state_dict(),
@@ -500,7 +593,8 @@ def run_experiment(
             f", batch {resume.position['batch'] + 1}" if resume.position else ""
         )
         echo(f"resuming from {resume.path.name} at {where} of {config.epochs}")
-    plugins.notify("run_start", run=run)
+    if world.is_main:
+        plugins.notify("run_start", run=run)
     if loggers:  # the model graph, once
         example = prediction_samples(model, test_batches, info.classes, n=1)[0]
         for logger in loggers:
@@ -517,6 +611,14 @@ def run_experiment(
         restore_rng(resume.checkpoint.extra, device)
     started = time.perf_counter()
     signals = StopSignals().install()
+    total_steps = config.epochs * len(train_batches)
+
+    def stop_signal() -> bool:
+        """Whether to stop now: this process got a signal, or (under DDP) rank 0 did."""
+        if world.distributed:
+            return distributed.broadcast_flag(signals.received is not None, device)
+        return signals.received is not None
+
     try:
         for epoch in range(run.start_epoch, config.epochs + 1):
             # --- train one epoch (a resumed one from where it stopped) ---
@@ -535,10 +637,22 @@ def run_experiment(
                 dynamic_ncols=True, initial=batch,
             )  # fmt: skip
             for images, labels in bar:
-                loss = F.cross_entropy(model(images), labels)
+                if config.schedule != "constant":
+                    factor = lr_factor(config.schedule, step, total_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = config.lr * factor
+                with autocast():
+                    loss = F.cross_entropy(
+                        net(images), labels, label_smoothing=config.label_smoothing
+                    )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:  # fp16: scale the loss so small gradients survive, skip inf steps
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 step += 1
                 batch += 1
                 loss_value = loss.item()
@@ -555,34 +669,40 @@ def run_experiment(
                     )
                 # --- log the training loss every --log-every steps ---
                 if step % config.log_every == 0:
-                    log_metrics(
-                        {"step": step, "epoch": epoch, "train_loss": window_loss / window_steps}
-                    )
+                    total = distributed.all_reduce_sum([window_loss, window_steps], device)
+                    log_metrics({"step": step, "epoch": epoch, "train_loss": total[0] / total[1]})
                     window_loss, window_steps = 0.0, 0
                 # --- progress bar: the latest loss and the epoch's throughput so far ---
                 if not bar.disable and step % 10 == 0:
                     rate = seen / max(time.perf_counter() - epoch_start, 1e-9)
                     bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:,.0f}", refresh=False)
-                # --- Ctrl-C or SIGTERM: stop after this step, resumably ---
-                if signals.received is not None:
+                # --- Ctrl-C or SIGTERM: stop after this step, resumably (rank 0 decides) ---
+                if stop_signal():
                     bar.close()
-                    path = write_checkpoint(
-                        completed,
-                        {"epoch": epoch, "batch": batch, "window_loss": window_loss,
-                         "window_steps": window_steps, "epoch_loss": epoch_loss, "seen": seen},
-                    )  # fmt: skip
-                    prune_checkpoints(run_dir.checkpoints, suffixes, config.keep, path, best_path)
-                    run_dir.set_state("running", checkpoint=path.name)
-                    raise interrupted(signals.received, run_dir.path, path, epoch, step, echo)
+                    path = run_dir.checkpoints / "(rank 0 writes it)"
+                    if world.is_main:
+                        path = write_checkpoint(
+                            completed,
+                            {"epoch": epoch, "batch": batch, "window_loss": window_loss,
+                             "window_steps": window_steps, "epoch_loss": epoch_loss,
+                             "seen": seen},
+                        )  # fmt: skip
+                        prune_checkpoints(
+                            run_dir.checkpoints, suffixes, config.keep, path, best_path
+                        )
+                        run_dir.set_state("running", checkpoint=path.name)
+                    signum = signals.received or signal.SIGTERM
+                    raise interrupted(signum, run_dir.path, path, epoch, step, echo)
             bar.close()
             train_time = time.perf_counter() - epoch_start
 
-            # --- evaluate on the test split ---
-            metrics = evaluate(model, test_batches)
+            # --- evaluate on the test split (each rank a share, summed) ---
+            metrics = evaluate(net, test_batches, autocast=autocast)
+            loss_sum, seen_all = distributed.all_reduce_sum([epoch_loss, seen], device)
             metrics.update(
-                epoch_train_loss=epoch_loss / max(seen, 1),
+                epoch_train_loss=loss_sum / max(seen_all, 1),
                 lr=optimizer.param_groups[0]["lr"],
-                images_per_second=seen / max(train_time, 1e-9),
+                images_per_second=seen_all / max(train_time, 1e-9),
                 epoch_time=time.perf_counter() - epoch_start,
             )
             log_metrics({"step": step, "epoch": epoch, **metrics})
@@ -592,11 +712,12 @@ def run_experiment(
                     logger.log_images("test_predictions", shown, captions, step)
 
             # --- checkpoint, atomically, then drop what --keep does not keep ---
-            path = write_checkpoint(epoch)
+            path = write_checkpoint(epoch) if world.is_main else run_dir.checkpoints
             completed = epoch
             if metrics["test_accuracy"] > best_accuracy:
                 best_accuracy, best_path = metrics["test_accuracy"], path
-            prune_checkpoints(run_dir.checkpoints, suffixes, config.keep, path, best_path)
+            if world.is_main:
+                prune_checkpoints(run_dir.checkpoints, suffixes, config.keep, path, best_path)
             run_dir.sync()
             for logger in loggers:
                 logger.flush()
@@ -611,12 +732,16 @@ def run_experiment(
                 f"test_accuracy {100 * metrics['test_accuracy']:.2f}%  "
                 f"{metrics['epoch_time']:.1f}s ({metrics['images_per_second']:,.0f} img/s)"
             )
-            plugins.notify("epoch_end", run=run, epoch=epoch, metrics=dict(metrics))
+            if world.is_main:
+                plugins.notify("epoch_end", run=run, epoch=epoch, metrics=dict(metrics))
+            if distributed.broadcast_flag(bool(run.stop_reason), device) and not run.stop_reason:
+                run.stop_reason = "rank 0 stopped the run"
             if run.stop_reason:
                 echo(f"stopping after epoch {epoch}: {run.stop_reason}")
                 break
-            if signals.received is not None and epoch < config.epochs:
-                raise interrupted(signals.received, run_dir.path, path, epoch, step, echo)
+            if stop_signal() and epoch < config.epochs:
+                signum = signals.received or signal.SIGTERM
+                raise interrupted(signum, run_dir.path, path, epoch, step, echo)
         state = "stopped" if run.stop_reason else "finished"
     except (KeyboardInterrupt, RunInterrupted):
         state = "interrupted"
@@ -631,6 +756,8 @@ def run_experiment(
                 logger.log_hparams(hparams, metrics)
             logger.finish(state)
         run_dir.set_state(state, epoch=completed, elapsed=elapsed, stop_reason=run.stop_reason)
-        plugins.notify("run_end", run=run, state=state, metrics=dict(metrics))
+        if world.is_main:
+            plugins.notify("run_end", run=run, state=state, metrics=dict(metrics))
+        distributed.shutdown()
     echo(f"{state} in {elapsed:.1f}s; run folder {run_dir.path}")
     return run_dir.path

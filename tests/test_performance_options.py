@@ -1,0 +1,130 @@
+"""Precision, memory format, compile, schedules, augmentation and recipes in real runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_resume import StopAtStep, StopPlugin, assert_identical, config, resume
+
+from exptorch import ExptError
+from exptorch.config import RunConfig, read_recipe, recipe_names, resolve_config
+from exptorch.rundir import read_metrics
+from exptorch.train import RunInterrupted, lr_factor, run_experiment
+
+
+def saved_config(run: Path) -> dict:
+    return json.loads((run / "config.json").read_text())["config"]
+
+
+def final_metrics(run: Path) -> dict:
+    return [r for r in read_metrics(run / "metrics.jsonl") if "test_loss" in r][-1]
+
+
+def test_auto_choices_are_resolved_and_recorded_for_cpu(plugins, tmp_path: Path) -> None:
+    run = run_experiment(config(tmp_path, "auto", epochs=1), plugins, echo=lambda _: None)
+    recorded = saved_config(run)
+    assert recorded["precision"] == "fp32" and recorded["channels_last"] == "on"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_trains_close_to_fp32(plugins, tmp_path: Path, precision: str) -> None:
+    common = dict(epochs=1, limit_train_batches=10, limit_eval_batches=4)
+    fp32 = run_experiment(config(tmp_path, "fp32", **common), plugins, echo=lambda _: None)
+    low = run_experiment(
+        config(tmp_path, precision, precision=precision, **common), plugins, echo=lambda _: None
+    )
+    assert saved_config(low)["precision"] == precision
+    a, b = final_metrics(fp32), final_metrics(low)
+    assert math.isfinite(b["test_loss"])
+    assert b["test_loss"] == pytest.approx(a["test_loss"], rel=0.05)
+    assert abs(b["test_accuracy"] - a["test_accuracy"]) < 0.05
+
+
+def test_channels_last_changes_nothing_but_speed(plugins, tmp_path: Path) -> None:
+    on = run_experiment(config(tmp_path, "on", channels_last="on"), plugins, echo=lambda _: None)
+    off = run_experiment(config(tmp_path, "off", channels_last="off"), plugins, echo=lambda _: None)
+    assert final_metrics(on)["test_loss"] == pytest.approx(
+        final_metrics(off)["test_loss"], rel=1e-3
+    )
+
+
+def test_lr_schedules() -> None:
+    assert lr_factor("constant", 50, 100) == 1.0
+    assert lr_factor("cosine", 0, 100) == 1.0
+    assert lr_factor("cosine", 50, 100) == pytest.approx(0.5)
+    assert lr_factor("cosine", 100, 100) == pytest.approx(0.0)
+    assert lr_factor("onecycle", 0, 100) == pytest.approx(0.1)
+    assert lr_factor("onecycle", 25, 100) == pytest.approx(1.0)
+    assert lr_factor("onecycle", 100, 100) == pytest.approx(0.001)
+    ramp = [lr_factor("onecycle", s, 100) for s in range(0, 26)]
+    assert ramp == sorted(ramp)
+
+
+def test_schedule_is_applied_and_logged(plugins, tmp_path: Path) -> None:
+    run = run_experiment(
+        config(tmp_path, "cos", schedule="cosine", lr=0.02), plugins, echo=lambda _: None
+    )
+    lrs = [r["lr"] for r in read_metrics(run / "metrics.jsonl") if "lr" in r]
+    # lr is read after the epoch's last step: 6 of 12 steps, then 12 of 12 (minus one).
+    assert lrs[0] == pytest.approx(0.02 * lr_factor("cosine", 5, 12))
+    assert lrs[1] == pytest.approx(0.02 * lr_factor("cosine", 11, 12))
+
+
+def test_resume_is_exact_with_augmentation_schedule_and_smoothing(make_plugins, tmp_path) -> None:
+    """Interrupted mid-epoch and resumed == straight through, with every recipe ingredient on.
+
+    (A schedule spans ``--epochs``, so the interrupted run is set up for 2 epochs too.)
+    """
+    plugins = make_plugins(("stop", StopPlugin()))
+    extra = dict(augment=True, schedule="onecycle", label_smoothing=0.1, precision="bf16")
+    straight = run_experiment(config(tmp_path, "straight", **extra), plugins, echo=lambda _: None)
+    StopAtStep.at = 8  # epoch 2, batch 2 of 6
+    try:
+        with pytest.raises(RunInterrupted):
+            cut = config(tmp_path, "cut", logger=["stop-at-step"], **extra)
+            run_experiment(cut, plugins, echo=lambda _: None)
+    finally:
+        StopAtStep.at = 0
+    resumed = resume(plugins, tmp_path / "runs" / "cut")
+    assert_identical(plugins, straight, resumed)
+
+
+def test_recipe_sits_under_config_file_and_flags(tmp_path: Path) -> None:
+    assert {"tutorial", "fast"} <= set(recipe_names())
+    fast = read_recipe("fast")
+    (tmp_path / "exp.toml").write_text('recipe = "fast"\nlr = 0.02\n')
+    resolved = resolve_config(
+        {"batch_size": 32}, explicit=["batch_size"], config_file=tmp_path / "exp.toml"
+    )
+    assert resolved.recipe == "fast"
+    assert resolved.lr == 0.02  # the file beats the recipe
+    assert resolved.batch_size == 32  # the flag beats both
+    assert resolved.schedule == fast["schedule"] and resolved.augment is True
+    assert RunConfig().schedule == "constant"  # no recipe: the tutorial's defaults
+    with pytest.raises(ExptError, match="Unknown recipe 'best'; available: fast, tutorial"):
+        resolve_config({"recipe": "best"}, explicit=["recipe"])
+
+
+def test_expt_recipes_command(expt) -> None:
+    out = expt("recipes", check=True).stdout
+    assert "fast:" in out and "schedule=onecycle" in out and "tutorial:" in out
+
+
+@pytest.mark.slow
+def test_compiled_run_checkpoints_load_into_a_plain_model(plugins, tmp_path: Path) -> None:
+    from exptorch.checkpoint import load_checkpoint
+    from exptorch_plugins.networks import QuickNet
+
+    run = run_experiment(
+        config(tmp_path, "compiled", epochs=1, compile=True, limit_train_batches=3),
+        plugins,
+        echo=lambda _: None,
+    )
+    checkpoint = load_checkpoint(plugins, run / "checkpoints" / "epoch-001.pt")
+    assert not any(k.startswith("_orig_mod.") for k in checkpoint.model_state)
+    QuickNet(1, 28, 28, 10).load_state_dict(checkpoint.model_state)
+    assert torch.isfinite(torch.tensor(final_metrics(run)["test_loss"]))
