@@ -342,6 +342,8 @@ def recipes_command(name: str | None) -> None:
     for recipe in [name] if name else recipe_names():
         settings = read_recipe(recipe)
         click.echo(f"{recipe}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+
+
 cli.add_command(predict_command)
 cli.add_command(eval_command)
 cli.add_command(runs_group)
