@@ -1,17 +1,19 @@
 """Time exptorch against the tutorial's loop on one machine, in one run.
 
-    python benchmarks/bench.py                 # about 3 minutes on 2 CPU cores
-    python benchmarks/bench.py --train-images 50000 --epochs 2 --json results.json
+    python benchmarks/bench.py                 # about 4 minutes on 2 CPU cores
+    python benchmarks/bench.py --train-images 10000 --json results.json
 
 Measures training throughput (images/s, training phase only, every variant on the
 same CIFAR-10-format data, batch 64, SGD lr 0.01, CPU) for:
 
 * ``tutorial``     -- the tutorial's loop as a learner writes it (``tutorial_loop.py``)
 * ``handwritten``  -- a bare loop over exptorch's data path (uint8 tensors, per-batch
-                      normalisation): the floor for framework overhead
+                      normalisation) with expt's default CPU settings (fp32, channels-last):
+                      the floor for framework overhead; ``handwritten-fast`` adds bf16
 * ``expt``         -- ``expt run`` with default settings
 * ``expt-fast``    -- ``expt run`` with the fastest settings for this machine
-* ``lightning``    -- the same model and data path under PyTorch Lightning, if installed
+* ``lightning``    -- the same model, data path and settings (fp32, channels-last) under
+                      PyTorch Lightning, if installed
 
 plus each ``expt run``'s peak resident memory and the start-up time of ``expt --help``.
 """
@@ -35,7 +37,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 EXPT = [sys.executable, "-m", "exptorch"]
-FAST_FLAGS = ["--precision", "bf16", "--channels-last"]
+FAST_FLAGS = ["--precision", "bf16", "--channels-last", "on"]
 RSS_WRAPPER = (
     "import resource, subprocess, sys;"
     "code = subprocess.run(sys.argv[1:]).returncode;"
@@ -125,11 +127,11 @@ def lightning(data_dir: Path, epochs: int) -> float | None:
     class Module(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.net = QuickNet()
+            self.net = QuickNet().to(memory_format=torch.channels_last)
 
         def training_step(self, batch, _):
             x, y = batch
-            x = (x.float() / 255 - mean) / std
+            x = ((x.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
             loss = F.cross_entropy(self.net(x), y)
             if self.global_step % 100 == 0:
                 self.log("train_loss", loss)
@@ -178,8 +180,8 @@ def help_startup(repeats: int = 10) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train-images", type=int, default=10_000)
-    parser.add_argument("--test-images", type=int, default=2_000)
+    parser.add_argument("--train-images", type=int, default=50_000)
+    parser.add_argument("--test-images", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -201,7 +203,7 @@ def main() -> None:
 
         results["tutorial"] = tutorial(root / "data", root, epochs=args.epochs)
         results["handwritten"] = {
-            "images_per_second": handwritten(root / "data", args.epochs, "fp32", False)
+            "images_per_second": handwritten(root / "data", args.epochs, "fp32", True)
         }
         results["handwritten-fast"] = {
             "images_per_second": handwritten(root / "data", args.epochs, "bf16", True)

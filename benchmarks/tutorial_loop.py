@@ -8,6 +8,7 @@ TensorBoard scalar every 100 steps, a test pass with ``no_grad`` and a
 
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
 
@@ -23,6 +24,11 @@ class LocalCIFAR10(torchvision.datasets.CIFAR10):
 
     def _check_integrity(self) -> bool:
         return True
+
+    def _load_meta(self) -> None:
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as fh:
+            self.classes = pickle.load(fh, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
 
 def tutorial_model() -> nn.Module:
