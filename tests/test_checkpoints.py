@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import signal
 import subprocess
 import sys
@@ -191,7 +192,8 @@ def test_gpu_checkpoint_loads_on_a_cpu_only_machine(plugins, tmp_path: Path, nam
     with storages_tagged("cuda:0"):
         path = save(plugins, name, original, tmp_path)
     if not torch.cuda.is_available():  # a plain load fails here, as it does for users
-        with pytest.raises(RuntimeError, match="CUDA"):
+        # torch >= 2.5 raises RuntimeError; 2.4's weights_only loader wraps it in UnpicklingError.
+        with pytest.raises((RuntimeError, pickle.UnpicklingError), match=r"(?i)cuda"):
             torch.load(path, weights_only=name == "state_dict")
     loaded = load_checkpoint(plugins, path, trust=True)
     assert all(t.device.type == "cpu" for t in loaded.model_state.values())

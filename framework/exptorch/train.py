@@ -675,7 +675,7 @@ def run_experiment(
                 # --- progress bar: the latest loss and the epoch's throughput so far ---
                 if not bar.disable and step % 10 == 0:
                     rate = seen / max(time.perf_counter() - epoch_start, 1e-9)
-                    bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:,.0f}", refresh=False)
+                    bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:,.0f}")
                 # --- Ctrl-C or SIGTERM: stop after this step, resumably (rank 0 decides) ---
                 if stop_signal():
                     bar.close()
