@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from exptorch.plugins import Plugins
-    from exptorch.types import Checkpoint, CheckpointFormat
+    from exptorch.types import Checkpoint, CheckpointFormat, DatasetInfo
 
 #: Prefixes that torch.compile and DistributedDataParallel add to parameter names.
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
@@ -208,3 +209,30 @@ def build_model(plugins: Plugins, checkpoint: Checkpoint) -> torch.nn.Module:
             f"builds it ({first})."
         ) from None
     return model.eval()
+
+
+@dataclass
+class Trained:
+    """A trained model ready to use, as ``expt predict`` and ``expt eval`` start from."""
+
+    checkpoint: Checkpoint
+    info: DatasetInfo
+    model: torch.nn.Module
+    device: torch.device
+
+
+def load_trained(plugins: Plugins, path: Path, *, device: str, trust: bool = False) -> Trained:
+    """Load ``path``, rebuild its model with its weights, and move it to ``device``."""
+    from exptorch.train import make_device
+    from exptorch.types import DatasetInfo
+
+    checkpoint = load_checkpoint(plugins, path, trust=trust)
+    if "info" not in checkpoint.meta:
+        raise ExptError(f"{path} does not record its classes and input size.")
+    target = make_device(plugins, device)
+    return Trained(
+        checkpoint=checkpoint,
+        info=DatasetInfo.from_dict(checkpoint.meta["info"]),
+        model=build_model(plugins, checkpoint).to(target),
+        device=target,
+    )

@@ -32,17 +32,14 @@ def evaluate_checkpoint(
     import torch
     import torch.nn.functional as F
 
-    from exptorch.checkpoint import build_model, load_checkpoint
+    from exptorch.checkpoint import load_trained
     from exptorch.data import Batches
-    from exptorch.train import default_data_dir, make_device
-    from exptorch.types import DatasetInfo
+    from exptorch.train import default_data_dir
 
-    checkpoint = load_checkpoint(plugins, checkpoint_path, trust=trust)
-    if "info" not in checkpoint.meta:
-        raise ExptError(f"{checkpoint_path} does not record its classes and input size.")
-    info = DatasetInfo.from_dict(checkpoint.meta["info"])
-    target = make_device(plugins, device)
-    model = build_model(plugins, checkpoint).to(target)
+    trained = load_trained(plugins, checkpoint_path, device=device, trust=trust)
+    checkpoint, info, model, target = (
+        trained.checkpoint, trained.info, trained.model, trained.device
+    )  # fmt: skip
 
     saved = checkpoint.config
     name = dataset or checkpoint.meta.get("dataset") or saved.get("dataset")

@@ -91,19 +91,13 @@ def predict_files(
     """Classify every image in ``paths``; unreadable files are reported, not fatal."""
     import torch
 
-    from exptorch.checkpoint import build_model, load_checkpoint
+    from exptorch.checkpoint import load_trained
     from exptorch.data import Batches
-    from exptorch.train import make_device
-    from exptorch.types import DatasetInfo
 
     if top < 1:
         raise ExptError(f"--top must be at least 1, not {top}.")
-    checkpoint = load_checkpoint(plugins, checkpoint_path, trust=trust)
-    if "info" not in checkpoint.meta:
-        raise ExptError(f"{checkpoint_path} does not record its classes and input size.")
-    info = DatasetInfo.from_dict(checkpoint.meta["info"])
-    target = make_device(plugins, device)
-    model = build_model(plugins, checkpoint).to(target)
+    trained = load_trained(plugins, checkpoint_path, device=device, trust=trust)
+    info, model, target = trained.info, trained.model, trained.device
 
     result = Predictions(
         checkpoint=str(checkpoint_path),
