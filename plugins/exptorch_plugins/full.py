@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from exptorch import Checkpoint, ExptError, hookimpl
-
-FORMAT_VERSION = 1
+from exptorch_plugins.state_dict import from_payload, to_payload
 
 
 class FullFormat:
@@ -25,20 +24,7 @@ class FullFormat:
 
         if checkpoint.module is None:
             raise ValueError("the full format needs the model object (Checkpoint.module)")
-        torch.save(
-            {
-                "format": "exptorch.full",
-                "format_version": FORMAT_VERSION,
-                "model": checkpoint.module,
-                "optimizer_state": checkpoint.optimizer_state,
-                "epoch": checkpoint.epoch,
-                "step": checkpoint.step,
-                "config": checkpoint.config,
-                "meta": checkpoint.meta,
-                "extra": checkpoint.extra,
-            },
-            path,
-        )
+        torch.save(to_payload(checkpoint, "full", model=checkpoint.module), path)
 
     def load(self, path: Path, *, map_location: Any = "cpu", trust: bool = False) -> Checkpoint:
         import torch
@@ -50,19 +36,10 @@ class FullFormat:
                 "source, or save with --checkpoint-format safetensors or state_dict instead."
             )
         data = torch.load(path, map_location=map_location, weights_only=False)
-        if not isinstance(data, dict) or data.get("format") != "exptorch.full":
+        model = data.get("model") if isinstance(data, dict) else None
+        if model is None:
             raise ValueError("not an exptorch full checkpoint")
-        model = data["model"]
-        return Checkpoint(
-            model_state=model.state_dict(),
-            module=model,
-            optimizer_state=data.get("optimizer_state"),
-            epoch=int(data["epoch"]),
-            step=int(data.get("step", 0)),
-            config=data.get("config", {}),
-            meta=data.get("meta", {}),
-            extra=data.get("extra", {}),
-        )
+        return from_payload(data, "full", model_state=model.state_dict(), module=model)
 
 
 @hookimpl

@@ -14,42 +14,51 @@ from exptorch import Checkpoint, hookimpl
 FORMAT_VERSION = 1
 
 
+def to_payload(checkpoint: Checkpoint, kind: str, **model: Any) -> dict[str, Any]:
+    """The dict that ``torch.save`` writes for format ``kind``; ``model`` holds the weights
+    (``model_state=...``) or the module itself (``model=...``)."""
+    return {
+        "format": f"exptorch.{kind}",
+        "format_version": FORMAT_VERSION,
+        **model,
+        "optimizer_state": checkpoint.optimizer_state,
+        "epoch": checkpoint.epoch,
+        "step": checkpoint.step,
+        "config": checkpoint.config,
+        "meta": checkpoint.meta,
+        "extra": checkpoint.extra,
+    }
+
+
+def from_payload(data: Any, kind: str, **model: Any) -> Checkpoint:
+    """The :class:`Checkpoint` in a loaded payload of format ``kind``, else ``ValueError``."""
+    if not isinstance(data, dict) or data.get("format") != f"exptorch.{kind}":
+        raise ValueError(f"not an exptorch {kind} checkpoint")
+    return Checkpoint(
+        **model,
+        optimizer_state=data.get("optimizer_state"),
+        epoch=int(data["epoch"]),
+        step=int(data.get("step", 0)),
+        config=data.get("config", {}),
+        meta=data.get("meta", {}),
+        extra=data.get("extra", {}),
+    )
+
+
 class StateDictFormat:
     suffix = ".pt"
 
     def save(self, checkpoint: Checkpoint, path: Path) -> None:
         import torch
 
-        torch.save(
-            {
-                "format": "exptorch.state_dict",
-                "format_version": FORMAT_VERSION,
-                "model_state": checkpoint.model_state,
-                "optimizer_state": checkpoint.optimizer_state,
-                "epoch": checkpoint.epoch,
-                "step": checkpoint.step,
-                "config": checkpoint.config,
-                "meta": checkpoint.meta,
-                "extra": checkpoint.extra,
-            },
-            path,
-        )
+        torch.save(to_payload(checkpoint, "state_dict", model_state=checkpoint.model_state), path)
 
     def load(self, path: Path, *, map_location: Any = "cpu", trust: bool = False) -> Checkpoint:
         import torch
 
         data = torch.load(path, map_location=map_location, weights_only=True)
-        if not isinstance(data, dict) or data.get("format") != "exptorch.state_dict":
-            raise ValueError("not an exptorch state_dict checkpoint")
-        return Checkpoint(
-            model_state=data["model_state"],
-            optimizer_state=data.get("optimizer_state"),
-            epoch=int(data["epoch"]),
-            step=int(data.get("step", 0)),
-            config=data.get("config", {}),
-            meta=data.get("meta", {}),
-            extra=data.get("extra", {}),
-        )
+        model_state = data.get("model_state") if isinstance(data, dict) else None
+        return from_payload(data, "state_dict", model_state=model_state)
 
 
 @hookimpl
