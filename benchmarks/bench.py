@@ -70,37 +70,55 @@ def write_cifar10(root: Path, train: int, test: int) -> None:
         pickle.dump({"label_names": names}, fh)
 
 
-def handwritten(data_dir: Path, epochs: int, precision: str, channels_last: bool) -> float:
-    """A bare loop over exptorch's own data path: the framework-overhead reference."""
+def handwritten(
+    data_dir: Path,
+    epochs: int,
+    precision: str,
+    channels_last: bool,
+    *,
+    device: str = "cpu",
+    model: str = "quicknet",
+    batch_size: int = 64,
+    limit: int | None = None,
+) -> float:
+    """A bare loop over exptorch's own data path: the framework-overhead reference.
+
+    The model comes from the same plugin factory ``expt run`` uses, so both time the
+    same network; everything around it is the shortest correct loop.
+    """
     import torch
     import torch.nn.functional as F
 
     from exptorch.data import Batches
+    from exptorch.plugins import load_plugins
     from exptorch_plugins.cifar10 import load
-    from exptorch_plugins.networks import QuickNet
 
     torch.manual_seed(0)
+    target = torch.device(device)
     splits = load(data_dir=data_dir, download=False)
     info = splits.info
-    batches = Batches(splits.train_images, splits.train_labels, batch_size=64,
-                      device=torch.device("cpu"), mean=info.mean, std=info.std, shuffle=True,
-                      channels_last=channels_last)  # fmt: skip
-    model = QuickNet()
+    batches = Batches(splits.train_images, splits.train_labels, batch_size=batch_size,
+                      device=target, mean=info.mean, std=info.std, shuffle=True,
+                      channels_last=channels_last, limit=limit)  # fmt: skip
+    plugins = load_plugins(environ={"EXPT_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    net = plugins.get("model", model).factory(info).to(target)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     seconds, images = 0.0, 0
     for epoch in range(1, epochs + 1):
         batches.set_epoch(epoch)
-        model.train()
+        net.train()
         start = time.perf_counter()
         for x, y in batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = F.cross_entropy(model(x), y)
+            with torch.autocast(target.type, dtype=dtype, enabled=dtype is not None):
+                loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             images += len(y)
+        loss.item()  # wait for the device before stopping the clock
         seconds += time.perf_counter() - start
     return images / seconds
 
@@ -150,8 +168,10 @@ def lightning(data_dir: Path, epochs: int) -> float | None:
     return epochs * len(splits.train_labels) / (time.perf_counter() - start)
 
 
-def expt_run(data_dir: Path, runs: Path, name: str, epochs: int, extra: list[str]) -> dict:
-    args = [*EXPT, "run", "--dataset", "cifar10", "--data-dir", str(data_dir), "--device", "cpu",
+def expt_run(
+    data_dir: Path, runs: Path, name: str, epochs: int, extra: list[str], device: str = "cpu"
+) -> dict:
+    args = [*EXPT, "run", "--dataset", "cifar10", "--data-dir", str(data_dir), "--device", device,
             "--epochs", str(epochs), "--seed", "0", "--runs-dir", str(runs), "--name", name,
             "--no-download", *extra]  # fmt: skip
     result = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *args], capture_output=True,
@@ -163,6 +183,7 @@ def expt_run(data_dir: Path, runs: Path, name: str, epochs: int, extra: list[str
     epochs_done = [r for r in records if "images_per_second" in r]
     return {
         "images_per_second": statistics.fmean(r["images_per_second"] for r in epochs_done),
+        "epoch_seconds": [r["epoch_time"] for r in epochs_done],
         "test_accuracy": epochs_done[-1]["test_accuracy"],
         "peak_rss_mb": rss_kb / 1024,
     }
