@@ -100,8 +100,16 @@ def broadcast_objects(values: list[Any]) -> list[Any]:
     return values
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group. ``clean``: every rank got here the same way (no error)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if not clean:
+            # Another rank may be waiting in a collective this one will never join; exit and
+            # let torch.distributed.run stop the others.
+            return
+        # Meet first: a rank that tears gloo down while another is still busy can hang
+        # in the process group's destructor (seen with torch 2.4).
+        dist.barrier()
         dist.destroy_process_group()

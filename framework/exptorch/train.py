@@ -758,6 +758,6 @@ def run_experiment(
         run_dir.set_state(state, epoch=completed, elapsed=elapsed, stop_reason=run.stop_reason)
         if world.is_main:
             plugins.notify("run_end", run=run, state=state, metrics=dict(metrics))
-        distributed.shutdown()
+        distributed.shutdown(clean=state in ("finished", "stopped"))
     echo(f"{state} in {elapsed:.1f}s; run folder {run_dir.path}")
     return run_dir.path
