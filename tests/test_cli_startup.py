@@ -32,6 +32,7 @@ print("HEAVY", heavy)
         ["eval", "--help"],
         ["plugins", "show", "vgg16"],
         ["plugins", "show", "folder", "--json"],
+        ["recipes"],
     ],
 )
 def test_cli_start_up_imports_no_heavy_library(args: list[str]) -> None:
