@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -176,15 +177,9 @@ def run_command(
     and the loggers' files. A NAME that exists is refused, never overwritten.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint to --resume.
     """
-    from click.core import ParameterSource
-
     from exptorch.train import RunInterrupted, find_resume_point, run_experiment
 
-    explicit = [
-        name
-        for name in flags
-        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
-    ]
+    explicit = _given(ctx, flags)
     flags["logger"] = list(flags.get("logger") or [])
     plugins = _plugins(ctx)
     point = None
@@ -215,6 +210,17 @@ def run_command(
     except RunInterrupted as exc:
         click.echo(str(exc), err=True)
         ctx.exit(exc.exit_code)
+
+
+def _given(ctx: click.Context, names: Iterable[str]) -> list[str]:
+    """Which of ``names`` the user set on the command line (not left at their defaults)."""
+    from click.core import ParameterSource
+
+    return [
+        name
+        for name in names
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+    ]
 
 
 def _unmasked(saved: dict[str, Any]) -> dict[str, Any]:
@@ -312,15 +318,9 @@ def eval_command(
 
     The dataset and its options are the checkpoint's unless given here.
     """
-    from click.core import ParameterSource
-
     from exptorch.evaluate import evaluate_checkpoint, format_report
 
-    given = {
-        k: v
-        for k, v in options.items()
-        if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)
-    }
+    given = {name: options[name] for name in _given(ctx, options)}
     report = evaluate_checkpoint(
         _plugins(ctx), checkpoint, dataset=dataset, data_dir=data_dir, options=given,
         device=device, batch_size=batch_size, download=download, trust=trust_checkpoint,

@@ -101,6 +101,30 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; a missing, torn or non-object file reads as ``{}``."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def pid_alive(pid: Any) -> bool:
+    """Whether process ``pid`` exists on this machine (a run's owner, from state.json)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Read a ``metrics.jsonl`` file; a torn last line (from a crash) is ignored."""
     records = []
@@ -159,12 +183,7 @@ class RunDir:
         return cls(path)
 
     def read_state(self) -> dict[str, Any]:
-        path = self.path / "state.json"
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data
+        return read_json(self.path / "state.json")
 
     def truncate_metrics(self, step: int) -> int:
         """Drop the records after ``step`` (a resumed run writes them again); return how many."""
@@ -186,10 +205,7 @@ class RunDir:
 
     def set_state(self, state: str, **fields: Any) -> None:
         path = self.path / "state.json"
-        current: dict[str, Any] = {}
-        if path.exists():
-            with contextlib.suppress(ValueError, OSError):
-                current = json.loads(path.read_text())
+        current = read_json(path)
         current.update(fields, state=state, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_json(path, current)
 

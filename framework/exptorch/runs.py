@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from exptorch.errors import ExptError
-from exptorch.rundir import read_metrics
+from exptorch.rundir import pid_alive, read_json, read_metrics
 
 #: What ``state`` can be: the five that ``state.json`` records, ``crashed`` (it says
 #: running, but its process is gone), and ``unknown`` (no readable ``state.json``).
@@ -78,38 +77,16 @@ def is_run_folder(path: Path) -> bool:
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def read_run(path: Path) -> Run:
     """Read one run folder; missing or torn files give empty values, never an error."""
-    config_file = _read_json(path / "config.json")
-    state_info = _read_json(path / "state.json")
+    config_file = read_json(path / "config.json")
+    state_info = read_json(path / "state.json")
     history: list[dict[str, Any]] = []
     with contextlib.suppress(OSError):
         history = read_metrics(path / "metrics.jsonl")
     config = config_file.get("config", {})
     state = str(state_info.get("state") or "unknown")
-    if state == "running" and not _pid_alive(state_info.get("pid")):
+    if state == "running" and not pid_alive(state_info.get("pid")):
         state = "crashed"
     epochs_records = [r for r in history if "test_accuracy" in r]
     accuracies = [r["test_accuracy"] for r in epochs_records if _finite(r["test_accuracy"])]

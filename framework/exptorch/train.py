@@ -35,7 +35,7 @@ from exptorch.data import Batches
 from exptorch.distributed import current_world
 from exptorch.errors import ExptError
 from exptorch.plugins import Plugins, Registration
-from exptorch.rundir import FollowerRunDir, RunDir, remove_stale_staging
+from exptorch.rundir import FollowerRunDir, RunDir, pid_alive, remove_stale_staging
 from exptorch.secrets import redact
 from exptorch.types import Checkpoint, DatasetInfo, Logger, RunContext
 
@@ -129,22 +129,11 @@ def find_resume_point(plugins: Plugins, target: Path, *, trust: bool = False) ->
             "resuming from it would rewrite the run's later epochs, so resume from the newest."
         )
     state = run_dir.read_state()
-    if state.get("state") == "running" and _alive(state.get("pid")):
+    pid = state.get("pid")
+    if state.get("state") == "running" and pid != os.getpid() and pid_alive(pid):
         raise ExptError(f"{run_path} is still being trained by process {state['pid']}.")
     checkpoint = load_checkpoint(plugins, path, trust=trust)
     return ResumePoint(run_dir=run_path, path=path, checkpoint=checkpoint)
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunInterrupted(Exception):
@@ -506,6 +495,7 @@ def run_experiment(
 
     # --- the run folder: created only now, so a mistake above leaves nothing behind ---
     used = {reg.plugin for reg in (model_reg, dataset_reg, *logger_regs)}
+    run_versions = versions()
     run_dir: RunDir
     if not world.is_main:  # only rank 0 writes files, logs and prints
         run_dir = FollowerRunDir(runs_dir / name)
@@ -515,7 +505,7 @@ def run_experiment(
         run_dir.write_config(
             {
                 "config": redact(config.to_dict()),
-                "versions": versions(),
+                "versions": run_versions,
                 "plugins": {p: dataclasses.asdict(plugins.source(p)) for p in sorted(used)},
                 "dataset": info.to_dict(),
                 "device": str(device),
@@ -548,7 +538,7 @@ def run_experiment(
         "model_options": model_options,
         "dataset": config.dataset,
         "info": info.to_dict(),
-        "versions": versions(),
+        "versions": run_versions,
     }
 
     def log_metrics(record: dict[str, Any]) -> None:
@@ -626,7 +616,7 @@ def run_experiment(
             batch = int(position["batch"]) if position else 0
             train_batches.set_epoch(epoch, start=batch)
             epoch_start = time.perf_counter()
-            window_loss, window_steps, epoch_loss, seen, timed = 0.0, 0, 0.0, 0, 0
+            window_loss, window_steps, epoch_loss, seen = 0.0, 0, 0.0, 0
             if position:
                 window_loss, window_steps = position["window_loss"], position["window_steps"]
                 epoch_loss, seen = position["epoch_loss"], position["seen"]
@@ -660,7 +650,6 @@ def run_experiment(
                 window_steps += 1
                 epoch_loss += loss_value * len(labels)
                 seen += len(labels)
-                timed += len(labels)
                 if not torch.isfinite(loss):
                     last = f"; the last good checkpoint is epoch {completed}" if completed else ""
                     raise ExptError(
