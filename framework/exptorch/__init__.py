@@ -7,7 +7,7 @@ Importing it is cheap: nothing here imports torch.
 
 from exptorch.errors import ExptError
 from exptorch.hookspecs import hookimpl, hookspec
-from exptorch.images import load_image
+from exptorch.images import IMAGE_EXTENSIONS, is_greyscale, is_image_file, load_image
 from exptorch.types import (
     Checkpoint,
     CheckpointFormat,
@@ -21,6 +21,7 @@ from exptorch.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "Checkpoint",
     "CheckpointFormat",
     "DatasetInfo",
@@ -32,5 +33,7 @@ __all__ = [
     "__version__",
     "hookimpl",
     "hookspec",
+    "is_greyscale",
+    "is_image_file",
     "load_image",
 ]

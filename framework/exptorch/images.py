@@ -34,6 +34,7 @@ GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;
 
 
 def is_image_file(path: Path) -> bool:
+    """Whether ``path`` is a file with an image ending (:data:`IMAGE_EXTENSIONS`)."""
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 

@@ -23,13 +23,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exptorch import ExptError, Option, Splits, hookimpl, load_image
+from exptorch import (
+    IMAGE_EXTENSIONS,
+    ExptError,
+    Option,
+    Splits,
+    hookimpl,
+    is_greyscale,
+    is_image_file,
+    load_image,
+)
 
 if TYPE_CHECKING:
     import torch
-
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 def find_images(root: Path) -> dict[str, list[Path]]:
@@ -42,26 +48,14 @@ def find_images(root: Path) -> dict[str, list[Path]]:
     found = {}
     for folder in classes:
         files = sorted(
-            p
-            for p in folder.rglob("*")
-            if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
+            p for p in folder.rglob("*") if is_image_file(p) and not p.name.startswith(".")
         )
         if not files:
             raise ExptError(
-                f"Class folder {folder} holds no image files ({', '.join(EXTENSIONS)})."
+                f"Class folder {folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)})."
             )
         found[folder.name] = files
     return found
-
-
-def _is_grey(path: Path) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.mode in GREY_MODES
-    except Exception:
-        return False  # load_image reports the file
 
 
 def decode(files: list[Path], channels: int, size: int) -> torch.Tensor:
@@ -128,7 +122,7 @@ def load(
             train_pairs += [(files[i], label) for i in sorted(order[n_test:])]
 
     if folder_channels == "auto":
-        channels = 1 if all(_is_grey(p) for p, _ in train_pairs) else 3
+        channels = 1 if all(is_greyscale(p) for p, _ in train_pairs) else 3
     else:
         channels = int(folder_channels)
     train_images = decode([p for p, _ in train_pairs], channels, folder_image_size)
