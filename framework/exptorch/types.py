@@ -124,7 +124,10 @@ class Logger:
         """Record scalar ``metrics`` at global training ``step`` (steps never decrease)."""
 
     def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """Record the run's hyperparameters with its final ``metrics`` (called once, at the end)."""
+        """Record the run's hyperparameters with its final ``metrics`` (called once, at the end).
+
+        ``hparams`` is the resolved configuration with secrets (keys, tokens) already masked.
+        """
 
     def log_images(
         self, tag: str, images: torch.Tensor, captions: Sequence[str], step: int

@@ -48,9 +48,7 @@ class TensorBoardLogger(Logger):
     def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        from exptorch.secrets import redact
-
-        flat = _flatten(redact(dict(hparams)))
+        flat = _flatten(hparams)  # exptorch masks secrets before any logger sees hparams
         # The metric tags are the run's own scalars, so the HParams dashboard shows
         # their last values; no extra scalars and no sub-folder are needed.
         final = {tag: float(value) for tag, value in metrics.items()}
