@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exptorch.errors import ExptError
+from exptorch.errors import ExptError, first_line
 from exptorch.rundir import atomic_files
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def load_checkpoint(
     except ExptError:
         raise
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ExptError(
             f"{path} is not a readable {name} checkpoint (truncated or not a checkpoint: {reason})."
         ) from None
@@ -203,10 +203,9 @@ def build_model(plugins: Plugins, checkpoint: Checkpoint) -> torch.nn.Module:
     try:
         model.load_state_dict(checkpoint.model_state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
         raise ExptError(
             f"The checkpoint's weights do not fit model {meta['model']!r} as this install "
-            f"builds it ({first})."
+            f"builds it ({first_line(exc)})."
         ) from None
     return model.eval()
 

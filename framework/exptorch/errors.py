@@ -7,3 +7,15 @@ class ExptError(Exception):
     Raise it from plugins too (a missing file, an unavailable device, a bad option value);
     anything else that escapes is treated as a bug and reported as such.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``, for reports that name what went wrong."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {first_line(exc)}" if text else type(exc).__name__

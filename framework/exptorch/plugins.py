@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from exptorch import hookspecs
-from exptorch.errors import ExptError
+from exptorch.errors import ExptError, describe
 from exptorch.types import Option
 
 log = logging.getLogger("exptorch")
@@ -101,7 +101,7 @@ class Plugins:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # pluggy validates hook names and signatures here
             self.problems.append(
-                PluginProblem(name, (source or PluginSource()).distribution, _describe(exc))
+                PluginProblem(name, (source or PluginSource()).distribution, describe(exc))
             )
             return
         self.sources[name] = source or PluginSource()
@@ -131,7 +131,7 @@ class Plugins:
                 problem = PluginProblem(
                     impl.plugin_name,
                     self.source(impl.plugin_name).distribution,
-                    f"hook {hook_name} raised {_describe(exc)}",
+                    f"hook {hook_name} raised {describe(exc)}",
                 )
                 self.problems.append(problem)
                 log.warning("%s", problem)
@@ -216,11 +216,6 @@ class Plugins:
         ]
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def _env_list(value: str | None) -> set[str]:
     return {item.strip() for item in (value or "").split(",") if item.strip()}
 
@@ -272,7 +267,7 @@ def load_plugins(
             try:
                 plugin = ep.load()
             except Exception as exc:
-                problem = PluginProblem(ep.name, dist_name, f"failed to load: {_describe(exc)}")
+                problem = PluginProblem(ep.name, dist_name, f"failed to load: {describe(exc)}")
                 plugins.problems.append(problem)
                 log.debug("%s", "".join(traceback.format_exception(exc)))
                 continue
@@ -294,5 +289,5 @@ def _drop_invalid(plugins: Plugins) -> None:
             name = plugins.pm.get_name(exc.plugin) or repr(exc.plugin)
             plugins.pm.unregister(exc.plugin)
             plugins.problems.append(
-                PluginProblem(name, plugins.source(name).distribution, _describe(exc))
+                PluginProblem(name, plugins.source(name).distribution, describe(exc))
             )
