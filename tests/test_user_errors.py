@@ -32,6 +32,7 @@ def assert_one_sentence(result, *fragments: str) -> None:
         (["--checkpoint-format", "onnx"], ["Unknown checkpoint format 'onnx'", "state_dict"]),
         (["--name", "../escape"], ["must be a plain folder name"]),
         (["--name", ".hidden"], ["must be a plain folder name"]),
+        (["--name", "trail\n"], ["must be a plain folder name"]),  # "$" matched before "\n"
         (["--epochs", "0"], ["--epochs must be at least 1"]),
         (["--lr", "-1"], ["--lr must be positive"]),
     ],

@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: no "$"
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -256,7 +256,7 @@ def validate(config: RunConfig) -> None:
             f"among {config.nproc_per_node} processes."
         )
     if config.name is not None and (
-        not _PLAIN_NAME.match(config.name) or config.name in (".", "..")
+        not _PLAIN_NAME.fullmatch(config.name) or config.name in (".", "..")
     ):
         raise ExptError(
             f"Run name {config.name!r} must be a plain folder name "
