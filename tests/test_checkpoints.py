@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import pickle
 import signal
 import subprocess
@@ -121,6 +122,21 @@ def test_safetensors_files_are_safetensors_and_json(plugins, tmp_path: Path) -> 
     with safe_open(tmp_path / sidecar["state"]["file"], "pt") as fh:
         assert "optimizer/state/0/momentum_buffer" in set(fh.keys())
         assert "extra/torch_rng_state" in set(fh.keys())
+
+
+def test_safetensors_sidecar_is_strict_json_and_keeps_nan(plugins, tmp_path: Path) -> None:
+    original = trained_checkpoint()
+    original.extra["position"]["epoch_loss"] = float("nan")
+    original.extra["scale"] = float("-inf")
+    path = save(plugins, "safetensors", original, tmp_path)
+
+    def refuse(token: str):
+        raise AssertionError(f"the sidecar is not strict JSON: {token}")
+
+    json.loads((tmp_path / "epoch-001.safetensors.json").read_text(), parse_constant=refuse)
+    loaded = load_checkpoint(plugins, path)
+    assert math.isnan(loaded.extra["position"]["epoch_loss"])
+    assert loaded.extra["scale"] == float("-inf")
 
 
 def test_safetensors_loads_without_unpickling(plugins, tmp_path: Path, monkeypatch) -> None:

@@ -35,6 +35,15 @@ def assert_one_sentence(result, *fragments: str) -> None:
         (["--name", "trail\n"], ["must be a plain folder name"]),  # "$" matched before "\n"
         (["--epochs", "0"], ["--epochs must be at least 1"]),
         (["--lr", "-1"], ["--lr must be positive"]),
+        (["--lr", "nan"], ["--lr must be a finite number, not nan"]),
+        (["--lr", "inf"], ["--lr must be a finite number, not inf"]),
+        (["--momentum", "nan"], ["--momentum must be a finite number"]),
+        (["--weight-decay", "inf"], ["--weight-decay must be a finite number"]),
+        (["--label-smoothing", "nan"], ["--label-smoothing must be a finite number"]),
+        (["--label-smoothing", "5"], ["--label-smoothing must be at least 0 and below 1"]),
+        (["--label-smoothing", "1"], ["--label-smoothing must be at least 0 and below 1"]),
+        (["--seed", "99999999999999999999"], ["--seed must be between 0 and 4294967295"]),
+        (["--seed", "-1"], ["--seed must be between 0 and 4294967295"]),
     ],
 )
 def test_bad_option_values(expt, tmp_path: Path, args, fragments) -> None:
@@ -61,6 +70,12 @@ def test_missing_dataset_offline(expt, tmp_path: Path) -> None:
 def test_bad_config_file(expt, tmp_path: Path, content: str, fragment: str) -> None:
     (tmp_path / "bad.toml").write_text(content + "\n")
     assert_one_sentence(expt("run", *SAMPLE, "--config", "bad.toml"), fragment)
+
+
+def test_nan_in_config_file_is_refused_before_anything_is_written(expt, tmp_path: Path) -> None:
+    (tmp_path / "nan.toml").write_text("lr = nan\n")  # TOML has nan and inf literals
+    assert_one_sentence(expt("run", *SAMPLE, "--config", "nan.toml"), "--lr must be a finite")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_config_file_missing(expt) -> None:

@@ -273,12 +273,13 @@ def predict_command(
     name, the others are still classified, and the exit status is then 1.
     """
     from exptorch.predict import predict_files
+    from exptorch.rundir import dumps
 
     result = predict_files(
         _plugins(ctx), checkpoint, images, top=top, device=device, trust=trust_checkpoint
     )
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(dumps(result.to_dict(), indent=2))
     elif result.predictions:
         click.echo(result.format())
     for _file, error in result.failures:
@@ -319,13 +320,14 @@ def eval_command(
     The dataset and its options are the checkpoint's unless given here.
     """
     from exptorch.evaluate import evaluate_checkpoint, format_report
+    from exptorch.rundir import dumps
 
     given = {name: options[name] for name in _given(ctx, options)}
     report = evaluate_checkpoint(
         _plugins(ctx), checkpoint, dataset=dataset, data_dir=data_dir, options=given,
         device=device, batch_size=batch_size, download=download, trust=trust_checkpoint,
     )  # fmt: skip
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    click.echo(dumps(report, indent=2) if as_json else format_report(report))
 
 
 for _field in reversed(config_fields()):

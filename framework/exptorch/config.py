@@ -8,6 +8,7 @@ file accepts the same names as keys (``batch-size`` or ``batch_size``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -237,8 +238,28 @@ def resolve_config(
     return config
 
 
+#: What ``torch.manual_seed`` and numpy's generators both take without complaint.
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def _check_numbers(config: RunConfig) -> None:
+    """Refuse ``nan``/``inf`` and values outside what the training loop can use."""
+    for f in config_fields():
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ExptError(f"--{f.name.replace('_', '-')} must be a finite number, not {value}.")
+    if not 0 <= config.label_smoothing < 1:
+        raise ExptError(
+            f"--label-smoothing must be at least 0 and below 1, not {config.label_smoothing}."
+        )
+    low, high = SEED_RANGE
+    if config.seed is not None and not low <= config.seed <= high:
+        raise ExptError(f"--seed must be between {low} and {high}, not {config.seed}.")
+
+
 def validate(config: RunConfig) -> None:
     """Check ranges and names that types alone cannot."""
+    _check_numbers(config)
     for f in config_fields():
         value = getattr(config, f.name)
         if value is None:

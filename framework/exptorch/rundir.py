@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -95,10 +96,30 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every ``nan``/``inf`` float replaced by ``None``: strict JSON has neither.
+
+    ``json.dumps`` would write them as bare ``NaN``/``Infinity``, which other JSON
+    readers (``jq``, browsers, W&B) reject; a metric that was not a number reads as null.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def dumps(data: Any, **kwargs: Any) -> str:
+    """``data`` as strict JSON (see :func:`json_safe`), as every JSON exptorch writes is."""
+    return json.dumps(json_safe(data), allow_nan=False, **kwargs)
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
+    """Write ``data`` as indented strict JSON, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        tmp.write_text(dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -193,7 +214,7 @@ class RunDir:
         kept = [r for r in records if int(r.get("step", 0)) <= step]
         if len(kept) != len(records):
             with atomic_path(self.metrics_path) as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                tmp.write_text("".join(dumps(r) + "\n" for r in kept))
         return len(records) - len(kept)
 
     def write_config(self, data: Mapping[str, Any]) -> None:
@@ -213,7 +234,7 @@ class RunDir:
         """Append one JSON line and flush it, so a crash loses at most the line being written."""
         if self._metrics is None:
             self._metrics = open(self.metrics_path, "a")  # noqa: SIM115 - closed in close()
-        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.write(dumps(record) + "\n")
         self._metrics.flush()
 
     def sync(self) -> None:

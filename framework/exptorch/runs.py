@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from exptorch.errors import ExptError
-from exptorch.rundir import pid_alive, read_json, read_metrics
+from exptorch.rundir import dumps, pid_alive, read_json, read_metrics
 
 #: What ``state`` can be: the five that ``state.json`` records, ``crashed`` (it says
 #: running, but its process is gone), and ``unknown`` (no readable ``state.json``).
@@ -252,7 +252,7 @@ def compare_text(comparison: dict[str, Any]) -> str:
 
 
 def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=_default)
+    return dumps(data, indent=2, default=_default)
 
 
 def _default(value: Any) -> Any:

@@ -11,8 +11,9 @@ A checkpoint is three files with one stem::
 
 Nested optimizer state is flattened: every tensor is stored under its path
 (``optimizer/state/0/momentum_buffer``) and the JSON keeps the structure with a
-``{"__tensor__": path}`` marker in its place. Loading reads JSON and safetensors
-only, so no code from the files ever runs. The sidecar and the state file are
+``{"__tensor__": path}`` marker in its place; a ``nan`` or ``inf`` becomes
+``{"__float__": "nan"}``, so the sidecar is strict JSON. Loading reads JSON and
+safetensors only, so no code from the files ever runs. The sidecar and the state file are
 moved into place before the weights file, so the weights file's presence means
 the set is complete.
 """
@@ -20,6 +21,7 @@ the set is complete.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,8 @@ def encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         return {"__tuple__": [encode(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]}
     if isinstance(value, list):
         return [encode(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": repr(value)}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"{path} holds a {type(value).__name__}, which safetensors cannot store")
@@ -65,6 +69,8 @@ def decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return {k: decode(v, tensors) for k, v in value["__items__"]}
         if "__tuple__" in value:
             return tuple(decode(v, tensors) for v in value["__tuple__"])
+        if "__float__" in value:
+            return float(value["__float__"])
         return {k: decode(v, tensors) for k, v in value.items()}
     return value
 
@@ -101,6 +107,8 @@ class SafetensorsFormat:
         tensors: dict[str, torch.Tensor] = {}
         optimizer = encode(checkpoint.optimizer_state, "optimizer", tensors)
         extra = encode(checkpoint.extra, "extra", tensors)
+        config = encode(checkpoint.config, "config", tensors)
+        meta = encode(checkpoint.meta, "meta", tensors)
         save_file(_storable(tensors), state_path, metadata={"format": FORMAT})
         save_file(
             _storable(checkpoint.model_state),
@@ -112,8 +120,8 @@ class SafetensorsFormat:
             "format_version": FORMAT_VERSION,
             "epoch": checkpoint.epoch,
             "step": checkpoint.step,
-            "config": checkpoint.config,
-            "meta": checkpoint.meta,
+            "config": config,
+            "meta": meta,
             "weights": {
                 "file": path.name,
                 "bytes": path.stat().st_size,
@@ -123,7 +131,8 @@ class SafetensorsFormat:
             "optimizer_state": optimizer,
             "extra": extra,
         }
-        path.with_name(path.name + SIDECAR).write_text(json.dumps(sidecar, indent=1) + "\n")
+        text = json.dumps(sidecar, indent=1, allow_nan=False)
+        path.with_name(path.name + SIDECAR).write_text(text + "\n")
 
     def load(self, path: Path, *, map_location: Any = "cpu", trust: bool = False) -> Checkpoint:
         from safetensors.torch import load_file
@@ -152,8 +161,8 @@ class SafetensorsFormat:
             optimizer_state=decode(sidecar["optimizer_state"], tensors),
             epoch=int(sidecar["epoch"]),
             step=int(sidecar["step"]),
-            config=sidecar.get("config", {}),
-            meta=sidecar.get("meta", {}),
+            config=decode(sidecar.get("config", {}), tensors),
+            meta=decode(sidecar.get("meta", {}), tensors),
             extra=decode(sidecar["extra"], tensors),
         )
 

@@ -1,0 +1,57 @@
+"""The run folder's files on disk: every JSON file exptorch writes is strict JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from exptorch.rundir import RunDir
+
+
+def strict_load(text: str):
+    """``json.loads`` that refuses the ``NaN``/``Infinity`` tokens Python writes by default."""
+
+    def refuse(token: str):
+        raise AssertionError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "runs", "nan")
+    run.write_config({"config": {"label_smoothing": float("nan")}})
+    run.log_metrics({"step": 1, "train_loss": float("nan"), "lr": float("inf")})
+    run.log_metrics({"step": 2, "test_loss": -float("inf"), "test_accuracy": 0.5})
+    run.set_state("running", epoch=1, best_test_accuracy=float("nan"))
+    run.close()
+
+    config = strict_load((run.path / "config.json").read_text())
+    assert config == {"config": {"label_smoothing": None}}
+    lines = run.metrics_path.read_text().splitlines()
+    assert [strict_load(line) for line in lines] == [
+        {"step": 1, "train_loss": None, "lr": None},
+        {"step": 2, "test_loss": None, "test_accuracy": 0.5},
+    ]
+    assert strict_load((run.path / "state.json").read_text())["best_test_accuracy"] is None
+
+
+def test_truncating_metrics_rewrites_old_nan_tokens_strictly(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "runs", "old")
+    # What an earlier exptorch wrote: Python's json.dumps default lets NaN through.
+    run.metrics_path.write_text('{"step": 1, "train_loss": NaN}\n{"step": 2, "train_loss": 1}\n')
+    assert run.truncate_metrics(1) == 1
+    assert strict_load(run.metrics_path.read_text()) == {"step": 1, "train_loss": None}
+
+
+def test_runs_show_json_is_strict_for_a_run_with_nan_records(expt, tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "runs", "old")
+    run.write_config({"config": {"model": "quicknet", "epochs": 1}})
+    run.metrics_path.write_text(
+        '{"step": 3, "epoch": 1, "test_loss": NaN, "test_accuracy": 0.1, "epoch_train_loss": '
+        "Infinity}\n"
+    )
+    run.set_state("finished", epoch=1)
+    result = expt("runs", "show", "old", "--json", check=True)
+    shown = strict_load(result.stdout)
+    assert shown["epochs_metrics"][0]["test_loss"] is None
+    assert shown["epochs_metrics"][0]["epoch_train_loss"] is None
