@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import logging
+import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +64,62 @@ def test_cifar10_corrupt_batch_names_the_file(plugins, cifar10_dir: Path) -> Non
     (cifar10_dir / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"not a pickle")
     with pytest.raises(ExptError, match="data_batch_2 is not a CIFAR-10 batch file"):
         plugins.get("dataset", "cifar10").factory(data_dir=cifar10_dir, download=False)
+
+
+class CreatesFile:
+    """A pickled object that, when unpickled by plain ``pickle.load``, creates ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("victim", ["data_batch_1", "test_batch", "batches.meta"])
+def test_cifar10_malicious_pickle_runs_no_code(expt, tmp_path: Path, victim: str) -> None:
+    root = write_cifar10(tmp_path / "data", train_per_batch=4, test=4, batches=1)
+    marker = tmp_path / "pwned"
+    target = root / "cifar-10-batches-py" / victim
+    with open(target, "wb") as fh:
+        pickle.dump({"data": CreatesFile(marker), "label_names": CreatesFile(marker)}, fh)
+    result = expt(
+        "run", "--dataset", "cifar10", "--data-dir", str(root), "--epochs", "1",
+        "--device", "cpu", "--no-download",
+    )  # fmt: skip
+    assert not marker.exists()
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: {target} is not a CIFAR-10 file: it asks to load posix.system")
+    assert "refuses to read it" in last
+
+
+def test_cifar10_reads_every_pickle_protocol_and_bytes_keys(plugins, tmp_path: Path) -> None:
+    """What the restricted unpickler admits covers the format as written by any Python/numpy."""
+    root = write_cifar10(tmp_path, train_per_batch=3, test=3, batches=2)
+    folder = root / "cifar-10-batches-py"
+    rows = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    for protocol, name in ((2, "data_batch_1"), (5, "data_batch_2")):
+        entry = {b"data": rows, b"labels": [1, 2], b"batch_label": b"bytes everywhere"}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(entry, fh, protocol=protocol)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [f"k{i}".encode() for i in range(10)]}, fh, protocol=4)
+    splits = plugins.get("dataset", "cifar10").factory(data_dir=root, download=False)
+    assert splits.train_labels.tolist() == [1, 2, 1, 2]
+    assert torch.equal(splits.train_images[2], torch.from_numpy(rows[0].reshape(3, 32, 32)))
+    assert splits.classes[9] == "k9"
+
+
+def test_cifar10_pixels_of_another_dtype_are_refused_not_cast(plugins, tmp_path: Path) -> None:
+    root = write_cifar10(tmp_path, train_per_batch=2, test=2, batches=1)
+    entry = {"data": np.full((2, 3072), 300, dtype=np.int16), "labels": [0, 1]}
+    with open(root / "cifar-10-batches-py" / "data_batch_1", "wb") as fh:
+        pickle.dump(entry, fh)
+    with pytest.raises(ExptError, match=r"data_batch_1 holds int16 pixel data where CIFAR-10 has"):
+        plugins.get("dataset", "cifar10").factory(data_dir=root, download=False)
 
 
 def test_fashion_mnist_sample_is_real_and_balanced(plugins) -> None:

@@ -226,3 +226,30 @@ def test_expt_run_resume_continues_the_same_wandb_run(wandb_env, tmp_path: Path)
     steps = [row["_step"] for row in before["history"] + after["history"]]
     assert steps == sorted(steps) and steps[-1] == 8
     assert after["summary"]["state"] == "finished"
+
+
+def test_a_tampered_wandb_json_is_read_as_data_only(wandb_env, tmp_path: Path) -> None:
+    from exptorch_plugins.wandb import WandbLogger
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tampered = {
+        "id": "../../elsewhere",
+        "last_step": "7",
+        "best": {"test_accuracy": "high", "test_loss": 0.5, "other": 1.0},
+    }
+    (run_dir / "wandb.json").write_text(json.dumps(tampered))
+    config = quick_config(tmp_path)
+    logger = WandbLogger(
+        RunContext(run_dir=run_dir, config=config, resumed=True), wandb_mode="disabled"
+    )
+    assert len(logger.run_id) == 8 and logger.run_id.isalnum()  # a fresh id, not the path
+    assert (logger.last_step, logger.best) == (-1, {"test_loss": 0.5})
+    logger.log_metrics({"test_accuracy": float("nan"), "test_loss": 0.25}, step=1)
+    logger.finish("finished")
+
+    def refuse(token: str):
+        raise AssertionError(f"wandb.json is not strict JSON: {token}")
+
+    saved = json.loads((run_dir / "wandb.json").read_text(), parse_constant=refuse)
+    assert saved == {"id": logger.run_id, "last_step": 1, "best": {"test_loss": 0.25}}

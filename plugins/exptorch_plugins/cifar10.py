@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import pickle
 import tarfile
@@ -33,24 +34,88 @@ CLASSES = (
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
+#: Everything a CIFAR-10 pickle may name besides dicts, lists, strings, bytes and numbers:
+#: numpy arrays (under numpy 1's and numpy 2's module names, pickle protocols 2 to 5) and
+#: the codec Python 3 uses for bytes in protocol 2. Unpickling anything else could run code.
+SAFE_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+})  # fmt: skip
+
+
+class UnsafePickle(ExptError):
+    """A dataset file that names something other than what the CIFAR-10 format holds."""
+
+
+class DataUnpickler(pickle.Unpickler):
+    """An unpickler that builds only :data:`SAFE_GLOBALS` and refuses every other global.
+
+    ``pickle.load`` calls whatever a file names (``os.system`` included); this one
+    raises :class:`UnsafePickle` naming the file before anything from it is called.
+    """
+
+    def __init__(self, fh: Any, path: Path) -> None:
+        super().__init__(fh, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in SAFE_GLOBALS:
+            raise UnsafePickle(
+                f"{self.path} is not a CIFAR-10 file: it asks to load {module}.{name}, which "
+                "the format never holds, so exptorch refuses to read it (unpickling it could "
+                "run code); delete it and let exptorch download CIFAR-10 again."
+            )
+        # numpy 2 moved numpy.core to numpy._core; either name loads on either numpy.
+        for where in dict.fromkeys((module.replace("numpy.core.", "numpy._core."), module)):
+            try:
+                return getattr(importlib.import_module(where), name)
+            except (ImportError, AttributeError):
+                continue
+        return super().find_class(module, name)
+
+
+def read_pickle(path: Path) -> Any:
+    """A CIFAR-10 file's contents, unpickled with :class:`DataUnpickler`."""
+    with open(path, "rb") as fh:
+        return DataUnpickler(fh, path).load()
+
+
+def _entry(path: Path) -> dict[str, Any]:
+    """A CIFAR-10 file's dict, with bytes keys (Python 2's str, or encoding="bytes") as str."""
+    entry = read_pickle(path)
+    if not isinstance(entry, dict):
+        raise ValueError(f"it holds a {type(entry).__name__}, not a dict")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
 
 def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     import numpy as np
     import torch
 
     try:
-        with open(path, "rb") as fh:
-            entry = pickle.load(fh, encoding="latin1")
-        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = entry.get("labels", entry.get("fine_labels"))
-        labels_t = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        entry = _entry(path)
+        data = entry["data"]
+        labels = np.asarray(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+            kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+            raise ExptError(
+                f"{path} holds {kind} pixel data where CIFAR-10 has uint8; exptorch does not "
+                "cast pixels, so rewrite the file with uint8 data."
+            )
+        if labels.dtype.kind not in "iu" or labels.ndim != 1:
+            raise ValueError(f"its labels are {labels.dtype} of shape {labels.shape}, not integers")
+        images = data.reshape(-1, 3, 32, 32)
+    except ExptError:
+        raise
     except Exception as exc:
         raise ExptError(
             f"{path} is not a CIFAR-10 batch file ({type(exc).__name__}: {exc})."
         ) from None
-    if len(labels_t) != len(data):
-        raise ExptError(f"{path} has {len(data)} images but {len(labels_t)} labels.")
-    return torch.from_numpy(data.copy()), labels_t
+    if len(labels) != len(images):
+        raise ExptError(f"{path} has {len(images)} images but {len(labels)} labels.")
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
 
 def _fetch(root: Path) -> None:
@@ -109,11 +174,13 @@ def load(data_dir: Path, download: bool = True, **_: Any) -> Splits:
     meta = folder / META_FILE[0]
     if meta.is_file():
         try:
-            with open(meta, "rb") as fh:
-                classes = tuple(pickle.load(fh, encoding="latin1")["label_names"])
+            names = _entry(meta)["label_names"]
+            classes = tuple(n.decode("latin1") if isinstance(n, bytes) else n for n in names)
+        except UnsafePickle:
+            raise
         except Exception:
             log.warning("%s is unreadable; using the standard class names", meta)
-    return Splits(
+    splits = Splits(
         train_images=torch.cat([p[0] for p in parts]),
         train_labels=torch.cat([p[1] for p in parts]),
         test_images=test_images,
@@ -122,6 +189,7 @@ def load(data_dir: Path, download: bool = True, **_: Any) -> Splits:
         mean=MEAN,
         std=STD,
     )
+    return splits
 
 
 @hookimpl

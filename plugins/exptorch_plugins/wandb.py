@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
+import re
 import socket
 import string
 import sys
@@ -44,6 +46,8 @@ DEFAULT_PROJECT = "exptorch"
 DEFAULT_TIMEOUT = 15.0
 #: Metrics whose best value goes into the summary, and what "best" means for them.
 BEST = {"test_accuracy": max, "test_loss": min}
+#: What a W&B run id read back from ``wandb.json`` may look like.
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 OPTIONS = [
     Option("wandb_project", help=f"W&B project. [env WANDB_PROJECT; default {DEFAULT_PROJECT}]"),
@@ -175,8 +179,7 @@ class WandbLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.run.log(dict(metrics), step=self._step(step))
         for key, better in BEST.items():
-            if key in metrics:
-                value = float(metrics[key])
+            if key in metrics and math.isfinite(value := float(metrics[key])):
                 self.best[key] = better(value, self.best.get(key, value))
                 self.run.summary[f"best_{key}"] = self.best[key]
 
@@ -211,17 +214,33 @@ class WandbLogger(Logger):
     # -- the state file -------------------------------------------------------------------------
 
     def _read_state(self) -> dict[str, Any]:
+        """What ``wandb.json`` holds, keeping only a W&B-like id, an integer step and finite
+        best values: the file is data, and anything else in it is ignored."""
         try:
-            data: dict[str, Any] = json.loads(self.state_path.read_text())
+            data = json.loads(self.state_path.read_text())
         except (OSError, ValueError):
             return {}
-        return data
+        if not isinstance(data, dict):
+            return {}
+        state: dict[str, Any] = {}
+        if isinstance(data.get("id"), str) and RUN_ID.fullmatch(data["id"]):
+            state["id"] = data["id"]
+        step = data.get("last_step")
+        if isinstance(step, int) and not isinstance(step, bool) and step >= -1:
+            state["last_step"] = step
+        best = data.get("best")
+        if isinstance(best, dict):
+            state["best"] = {
+                key: float(value)
+                for key, value in best.items()
+                if key in BEST and isinstance(value, (int, float)) and math.isfinite(value)
+            }
+        return state
 
     def _write_state(self) -> None:
         tmp = self.state_path.with_name(f".{STATE_FILE}.tmp")
-        tmp.write_text(
-            json.dumps({"id": self.run_id, "last_step": self.last_step, "best": self.best}) + "\n"
-        )
+        state = {"id": self.run_id, "last_step": self.last_step, "best": self.best}
+        tmp.write_text(json.dumps(state, allow_nan=False) + "\n")
         os.replace(tmp, self.state_path)
 
 
