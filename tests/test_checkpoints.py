@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import fractions
 import json
 import math
 import pickle
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exptorch import Checkpoint, ExptError
+from exptorch import Checkpoint, ExptError, hookimpl
 from exptorch.checkpoint import (
     build_model,
     checkpoint_files,
@@ -260,6 +262,59 @@ def test_foreign_file_is_one_sentence(plugins, tmp_path: Path, filename, content
     with pytest.raises(ExptError) as info:
         load_checkpoint(plugins, path, trust=True)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        collections.Counter(cats=3),  # any pickled object: not what torch.save of a dict holds
+        {"format": "exptorch.state_dict", "epoch": 1, "meta": fractions.Fraction(1, 3)},
+    ],
+)
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_a_pickled_object_is_not_a_checkpoint_and_gets_no_unsafe_advice(
+    expt, tmp_path: Path, content, command: str
+) -> None:
+    path = tmp_path / "foreign.pt"
+    with open(path, "wb") as fh:
+        pickle.dump(content, fh, protocol=4)
+    result = expt(command, "--checkpoint", str(path), *(["x.png"] if command == "predict" else []))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: {path} is not an exptorch checkpoint: it holds pickled Python objects that "
+        "exptorch does not load (unpickling them could run code)."
+    )  # one sentence: neither torch's "weights_only=False" advice nor its protocol warning
+
+
+class TorchLoadFormat:
+    """A third-party format that loads with torch.load(weights_only=True) and lets errors out."""
+
+    suffix = ".tl"
+
+    def save(self, checkpoint, path):  # pragma: no cover - only loading is under test
+        raise NotImplementedError
+
+    def load(self, path, *, map_location="cpu", trust=False):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+class RegistersTorchLoad:
+    @hookimpl
+    def register_checkpoint_formats(self, register) -> None:
+        register("torchload", TorchLoadFormat)
+
+
+def test_no_format_passes_on_torchs_unsafe_advice(make_plugins, tmp_path: Path) -> None:
+    plugins = make_plugins(("torchload", RegistersTorchLoad()))
+    path = tmp_path / "epoch-001.tl"
+    with open(path, "wb") as fh:
+        pickle.dump(collections.Counter(cats=3), fh)
+    with pytest.raises(ExptError) as info:
+        load_checkpoint(plugins, path)
+    assert str(info.value) == (
+        f"{path} is not an exptorch torchload checkpoint: it holds pickled Python objects that "
+        "cannot be read safely."
+    )
 
 
 def test_safetensors_weights_without_sidecar(plugins, tmp_path: Path) -> None:

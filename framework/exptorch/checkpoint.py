@@ -10,6 +10,7 @@ the last one moved into place, so a checkpoint whose main file exists is complet
 from __future__ import annotations
 
 import math
+import pickle
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -107,6 +108,12 @@ def load_checkpoint(
         checkpoint = fmt.load(path, map_location=map_location, trust=trust)
     except ExptError:
         raise
+    except pickle.UnpicklingError:
+        # Never pass on torch's advice to retry with weights_only=False: that runs the file's code.
+        raise ExptError(
+            f"{path} is not an exptorch {name} checkpoint: it holds pickled Python objects that "
+            "cannot be read safely."
+        ) from None
     except Exception as exc:
         reason = first_line(exc)
         raise ExptError(

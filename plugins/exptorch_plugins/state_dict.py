@@ -6,10 +6,12 @@ Loading uses ``weights_only=True`` (no arbitrary pickled code runs) and
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
-from exptorch import Checkpoint, hookimpl
+from exptorch import Checkpoint, ExptError, hookimpl
 
 FORMAT_VERSION = 1
 
@@ -56,7 +58,16 @@ class StateDictFormat:
     def load(self, path: Path, *, map_location: Any = "cpu", trust: bool = False) -> Checkpoint:
         import torch
 
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            with warnings.catch_warnings():  # torch's notes on pickle protocols are not ours
+                warnings.simplefilter("ignore")
+                data = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:
+            # torch's message advises weights_only=False, which would run code from the file.
+            raise ExptError(
+                f"{path} is not an exptorch checkpoint: it holds pickled Python objects that "
+                "exptorch does not load (unpickling them could run code)."
+            ) from None
         model_state = data.get("model_state") if isinstance(data, dict) else None
         return from_payload(data, "state_dict", model_state=model_state)
 
