@@ -6,6 +6,7 @@ import gzip
 import logging
 import pickle
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,121 @@ def test_cifar10_pixels_of_another_dtype_are_refused_not_cast(plugins, tmp_path:
         pickle.dump(entry, fh)
     with pytest.raises(ExptError, match=r"data_batch_1 holds int16 pixel data where CIFAR-10 has"):
         plugins.get("dataset", "cifar10").factory(data_dir=root, download=False)
+
+
+def idx_labels(labels: list[int]) -> bytes:
+    """An IDX file of unsigned-byte labels, as Fashion-MNIST's ``*-labels-idx1-ubyte``."""
+    return struct.pack(">HBBI", 0, 0x08, 1, len(labels)) + bytes(labels)
+
+
+def fashion_mnist_copy(folder: Path) -> Path:
+    """The bundled sample's four IDX files (gzipped) in ``folder``, as --dataset fashion-mnist."""
+    sample = Path(fashion_mnist.__file__).parent / "data" / "fashion-mnist-sample"
+    folder.mkdir(parents=True)
+    for path in sample.glob("*.gz"):
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_fashion_mnist_label_out_of_range_is_refused_at_load(expt, tmp_path: Path, split) -> None:
+    folder = fashion_mnist_copy(tmp_path / "data" / "fashion-mnist")
+    name = f"{split}-labels-idx1-ubyte.gz"
+    labels = list(gzip.decompress((folder / name).read_bytes())[8:])
+    labels[5] = 200  # an IDX byte holds up to 255; there are 10 classes
+    (folder / name).write_bytes(gzip.compress(idx_labels(labels)))
+    result = expt(
+        "run", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"), "--epochs",
+        "1", "--device", "cpu", "--no-download",
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    which = "train" if split == "train" else "test"
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: Dataset 'fashion-mnist' cannot be used: 1 of its {which} labels are outside "
+        "0..9 for its 10 classes (the first is 200)."
+    )
+    assert not (tmp_path / "runs").exists()  # refused before a run folder was made
+
+
+@pytest.mark.parametrize(("victim", "label"), [("data_batch_1", 99), ("test_batch", -1)])
+def test_cifar10_label_out_of_range_is_refused(plugins, tmp_path: Path, victim, label) -> None:
+    root = write_cifar10(tmp_path, train_per_batch=4, test=4, batches=1)
+    entry = {"data": np.zeros((4, 3072), dtype=np.uint8), "labels": [0, 1, label, 2]}
+    with open(root / "cifar-10-batches-py" / victim, "wb") as fh:
+        pickle.dump(entry, fh, protocol=2)
+    which = "train" if victim.startswith("data") else "test"
+    with pytest.raises(ExptError) as info:
+        plugins.get("dataset", "cifar10").factory(data_dir=root, download=False)
+    assert str(info.value) == (
+        f"Dataset 'cifar10' cannot be used: 1 of its {which} labels are outside 0..9 for its "
+        f"10 classes (the first is {label})."
+    )
+
+
+def test_cifar10_class_names_with_escapes_are_refused(plugins, tmp_path: Path) -> None:
+    root = write_cifar10(tmp_path, train_per_batch=2, test=2, batches=1)
+    names = [f"c{i}" for i in range(9)] + ["\x1b[2Jgone"]  # clears the screen when printed
+    with open(root / "cifar-10-batches-py" / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": names}, fh)
+    with pytest.raises(ExptError) as info:
+        plugins.get("dataset", "cifar10").factory(data_dir=root, download=False)
+    assert "\x1b" not in str(info.value)
+    assert str(info.value) == (
+        "Dataset 'cifar10' cannot be used: class name '\\x1b[2Jgone' holds control characters."
+    )
+
+
+def test_splits_validate_refuses_what_training_cannot_use() -> None:
+    from exptorch import Splits
+
+    def splits(**changes):
+        values = dict(
+            train_images=torch.zeros(4, 1, 8, 8, dtype=torch.uint8),
+            train_labels=torch.tensor([0, 1, 0, 1]),
+            test_images=torch.zeros(2, 1, 8, 8, dtype=torch.uint8),
+            test_labels=torch.tensor([1, 0]),
+            classes=["a", "b"], mean=[0.5], std=[0.25],
+        )  # fmt: skip
+        values.update(changes)
+        return Splits(**values)
+
+    splits().validate("ok")
+    cases = {
+        "its train images are torch.float32, not torch.uint8 (pixels are not cast)": dict(
+            train_images=torch.zeros(4, 1, 8, 8)
+        ),
+        "it has 1 class, and a classifier needs at least 2": dict(
+            classes=["a"],
+            train_labels=torch.zeros(4, dtype=torch.int64),
+            test_labels=torch.zeros(2, dtype=torch.int64),
+        ),
+        "its test split is empty": dict(
+            test_images=torch.zeros(0, 1, 8, 8, dtype=torch.uint8),
+            test_labels=torch.zeros(0, dtype=torch.int64),
+        ),
+        "its test labels are torch.float32, not torch.int64": dict(
+            test_labels=torch.tensor([1.0, 0.0])
+        ),
+        "it has 4 train images but labels of shape (3,)": dict(
+            train_labels=torch.tensor([0, 1, 0])
+        ),
+        "class name 'a' appears twice": dict(classes=["a", "a"]),
+        "its train images are (1, 8, 8) and its test images (1, 9, 9)": dict(
+            test_images=torch.zeros(2, 1, 9, 9, dtype=torch.uint8)
+        ),
+        "std [0.0] has a value that is not above 0": dict(std=[0.0]),
+        "mean holds nan, which is not a finite number": dict(mean=[float("nan")]),
+        "height is 2000, not a whole number from 1 to 1024": dict(
+            train_images=torch.zeros(1, 1, 2000, 8, dtype=torch.uint8),
+            train_labels=torch.tensor([0]),
+            test_images=torch.zeros(1, 1, 2000, 8, dtype=torch.uint8),
+            test_labels=torch.tensor([1]),
+        ),
+    }
+    for problem, changes in cases.items():
+        with pytest.raises(ExptError) as info:
+            splits(**changes).validate("x")
+        assert str(info.value) == f"Dataset 'x' cannot be used: {problem}."
 
 
 def test_fashion_mnist_sample_is_real_and_balanced(plugins) -> None:

@@ -68,6 +68,8 @@ def test_any_pillow_mode_is_read(tmp_path: Path) -> None:
         ("text-image", {"folder_train": "{root}"}, "fake.jpg is not an image file"),
         ("extra-class", {"folder_train": "{root}/train", "folder_test": "{root}/val"}, "lacks"),
         ("ok", {"folder_train": "{root}", "folder_test_fraction": 1.5}, "between 0 and 1"),
+        ("one-class", {"folder_train": "{root}"}, "has 1 class, and a classifier needs at least 2"),
+        ("one-each", {"folder_train": "{root}"}, "its test split is empty"),
     ],
 )
 def test_mistakes_are_one_sentence(tmp_path: Path, setup, kwargs, message) -> None:
@@ -83,6 +85,14 @@ def test_mistakes_are_one_sentence(tmp_path: Path, setup, kwargs, message) -> No
         (root / "red" / "broken.png").write_bytes(data[: len(data) // 2])
     if setup == "text-image":
         (root / "red" / "fake.jpg").write_text("hello")
+    if setup == "one-class":
+        make_class_folders(root / "all", per_class=4)
+        root = root / "all" / "red"  # a folder whose only sub-folder is one class
+        (root / "only").mkdir()
+        for image in list(root.glob("0*")):
+            image.rename(root / "only" / image.name)
+    if setup == "one-each":
+        make_class_folders(root, per_class=1)  # nothing can be held out for testing
     if setup == "extra-class":
         make_class_folders(root / "train", per_class=1)
         make_class_folders(root / "val", per_class=2)

@@ -52,6 +52,7 @@ def evaluate_checkpoint(
     kwargs = {opt.name: chosen.get(opt.name, opt.default) for opt in reg.options}
     folder = data_dir or (Path(saved["data_dir"]) if saved.get("data_dir") else default_data_dir())
     splits = reg.factory(data_dir=folder, download=download, **kwargs)
+    splits.validate(name)
     if tuple(splits.classes) != info.classes:
         raise ExptError(
             f"Dataset {name!r} has classes {', '.join(splits.classes)}, but the model was "

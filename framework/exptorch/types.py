@@ -73,14 +73,11 @@ class DatasetInfo:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DatasetInfo:
-        return cls(
-            channels=int(data["channels"]),
-            height=int(data["height"]),
-            width=int(data["width"]),
-            classes=tuple(data["classes"]),
-            mean=tuple(float(m) for m in data["mean"]),
-            std=tuple(float(s) for s in data["std"]),
-        )
+        """The info a checkpoint recorded, checked: ``ValueError`` says what is wrong with it
+        (see :func:`exptorch.datasets_check.checked_info`)."""
+        from exptorch.datasets_check import checked_info
+
+        return cls(**checked_info(data))
 
 
 @dataclass
@@ -99,6 +96,14 @@ class Splits:
     classes: Sequence[str]
     mean: Sequence[float]
     std: Sequence[float]
+
+    def validate(self, dataset_name: str) -> None:
+        """Raise :class:`~exptorch.ExptError` in one sentence if exptorch cannot use this data:
+        labels outside ``[0, len(classes))``, pixels that are not ``uint8``, fewer than 2
+        classes, an empty split, ... (see :mod:`exptorch.datasets_check`)."""
+        from exptorch.datasets_check import check_splits
+
+        check_splits(self, dataset_name)
 
     @property
     def info(self) -> DatasetInfo:

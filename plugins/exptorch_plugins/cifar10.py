@@ -189,6 +189,7 @@ def load(data_dir: Path, download: bool = True, **_: Any) -> Splits:
         mean=MEAN,
         std=STD,
     )
+    splits.validate("cifar10")  # labels in range, 2+ printable class names, no empty split
     return splits
 
 

@@ -81,8 +81,8 @@ def _fetch(folder: Path, missing: list[str]) -> None:
             ) from None
 
 
-def read_folder(folder: Path, download: bool = False) -> Splits:
-    """Read the four Fashion-MNIST IDX files from ``folder``."""
+def read_folder(folder: Path, download: bool = False, name: str = "fashion-mnist") -> Splits:
+    """Read the four Fashion-MNIST IDX files from ``folder`` (dataset ``name``)."""
     import torch
 
     missing = [key for key, (stem, _) in FILES.items() if _find(folder, stem) is None]
@@ -96,7 +96,7 @@ def read_folder(folder: Path, download: bool = False) -> Splits:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ExptError(f"The Fashion-MNIST {split} files in {folder} do not match each other.")
-    return Splits(
+    splits = Splits(
         train_images=arrays["train_images"].unsqueeze(1),
         train_labels=arrays["train_labels"].to(torch.int64),
         test_images=arrays["test_images"].unsqueeze(1),
@@ -105,6 +105,8 @@ def read_folder(folder: Path, download: bool = False) -> Splits:
         mean=MEAN,
         std=STD,
     )
+    splits.validate(name)  # an IDX label byte can be anything up to 255
+    return splits
 
 
 def load(data_dir: Path, download: bool = True, **_: Any) -> Splits:
@@ -119,7 +121,7 @@ def load_sample(**_: Any) -> Splits:
     """The bundled sample: 6,000 training and 1,000 test images, balanced across the classes."""
     resource = importlib.resources.files("exptorch_plugins") / "data" / "fashion-mnist-sample"
     with importlib.resources.as_file(resource) as folder:
-        return read_folder(Path(folder))
+        return read_folder(Path(folder), name="fashion-mnist-sample")
 
 
 @hookimpl

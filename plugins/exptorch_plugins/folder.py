@@ -130,7 +130,7 @@ def load(
     scaled = train_images.float().div_(255)
     mean = scaled.mean(dim=(0, 2, 3)).tolist()
     std = scaled.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    return Splits(
+    splits = Splits(
         train_images=train_images,
         train_labels=torch.tensor([label for _, label in train_pairs], dtype=torch.int64),
         test_images=test_images,
@@ -139,6 +139,8 @@ def load(
         mean=[round(m, 4) for m in mean],
         std=[round(s, 4) for s in std],
     )
+    splits.validate("folder")  # one class, or no image left to test on, is refused here
+    return splits
 
 
 @hookimpl
