@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +152,57 @@ def test_a_run_folder_and_an_empty_folder(plugins, run: Path, tmp_path: Path) ->
     ]
     with pytest.raises(ExptError, match="--top must be at least 1"):
         predict_files(plugins, run, [tmp_path / "images"], top=0)
+
+
+def tampered_copy(checkpoint: Path, folder: Path, change) -> Path:
+    """The checkpoint's three files in ``folder``, its sidecar's ``meta.info`` edited by
+    ``change`` (the sidecar is plain JSON: anyone can write anything into it)."""
+    folder.mkdir()
+    for source in checkpoint.parent.glob(checkpoint.name + "*"):
+        shutil.copy(source, folder / source.name)
+    sidecar = folder / (checkpoint.name + ".json")
+    data = json.loads(sidecar.read_text())
+    change(data["meta"]["info"])
+    sidecar.write_text(json.dumps(data))
+    return folder / checkpoint.name
+
+
+BAD_INFO = {
+    "std-zero": (
+        lambda info: info.update(std=[0.0, 0.0, 0.0]),
+        "std [0.0, 0.0, 0.0] has a value that is not above 0",
+    ),
+    "std-nan": (lambda info: info.update(std=[0.2, float("nan"), 0.2]), "std holds nan"),
+    "escapes": (
+        lambda info: info.update(classes=["blue", "\x1b[2J\x1b[Hgreen", "red"]),
+        "class name '\\x1b[2J\\x1b[Hgreen' holds control characters",
+    ),
+    "huge": (
+        lambda info: info.update(height=4000, width=4000),
+        "height is 4000, not a whole number from 1 to 1024",
+    ),
+    "missing": (lambda info: info.pop("mean"), "its dataset info lacks mean"),
+    "channels": (
+        lambda info: info.update(channels="three"),
+        "channels is 'three', not a whole number from 1 to 4",
+    ),
+    "classes": (lambda info: info.update(classes=[]), "it has 0 classes"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INFO))
+def test_bad_checkpoint_metadata_is_one_sentence(
+    expt, checkpoint: Path, tmp_path: Path, case: str
+) -> None:
+    change, reason = BAD_INFO[case]
+    path = tampered_copy(checkpoint, tmp_path / "tampered", change)
+    picture(COLOURS["red"], (16, 16), seed=1).save(tmp_path / "red.png")
+    commands = [("predict", "red.png")] + ([("eval",)] if case == "std-zero" else [])
+    for command, *rest in commands:
+        result = expt(command, "--checkpoint", str(path), "--device", "cpu", *rest)
+        assert result.returncode == 1, result.stdout
+        assert "\x1b" not in result.stdout + result.stderr  # never printed raw
+        assert result.stdout == "" and "Traceback" not in result.stderr
+        message = result.stderr.strip()
+        assert message.startswith(f"Error: Checkpoint {path} has bad metadata: {reason}"), message
+        assert "\n" not in message

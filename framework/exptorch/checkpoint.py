@@ -201,12 +201,16 @@ def build_model(plugins: Plugins, checkpoint: Checkpoint) -> torch.nn.Module:
     meta = checkpoint.meta
     if "model" not in meta or "info" not in meta:
         raise ExptError("The checkpoint does not say which model it holds (no model in its meta).")
+    try:
+        info = DatasetInfo.from_dict(meta["info"])
+    except ValueError as exc:
+        raise ExptError(f"The checkpoint has bad metadata: {exc}.") from None
     reg = plugins.get("model", meta["model"])
     options = dict(meta.get("model_options", {}))
     for opt in reg.options:
         if opt.initial_weights or opt.name not in options:
             options[opt.name] = opt.default
-    model: torch.nn.Module = reg.factory(DatasetInfo.from_dict(meta["info"]), **options)
+    model: torch.nn.Module = reg.factory(info, **options)
     try:
         model.load_state_dict(checkpoint.model_state)
     except RuntimeError as exc:
@@ -227,18 +231,49 @@ class Trained:
     device: torch.device
 
 
-def load_trained(plugins: Plugins, path: Path, *, device: str, trust: bool = False) -> Trained:
-    """Load ``path``, rebuild its model with its weights, and move it to ``device``."""
-    from exptorch.train import make_device
+def checked_meta(checkpoint: Checkpoint, path: Path) -> DatasetInfo:
+    """The dataset info a checkpoint claims, checked before anything is built from it.
+
+    A checkpoint is a file from anywhere: its class names are printed, its input
+    size sizes the model, its ``std`` divides every pixel. Anything malformed or
+    out of range (see :func:`exptorch.datasets_check.checked_info`) is one sentence:
+    ``Checkpoint X has bad metadata: ...``.
+    """
     from exptorch.types import DatasetInfo
 
-    checkpoint = load_checkpoint(plugins, path, trust=trust)
-    if "info" not in checkpoint.meta:
+    def bad(reason: str) -> ExptError:
+        return ExptError(f"Checkpoint {path} has bad metadata: {reason}.")
+
+    meta, config = checkpoint.meta, checkpoint.config
+    if not isinstance(meta, dict) or not isinstance(config, dict):
+        raise bad("its meta or config is not a mapping")
+    if "info" not in meta:
         raise ExptError(f"{path} does not record its classes and input size.")
+    if not isinstance(meta.get("model"), str):
+        raise bad(f"its model name is {meta.get('model')!r}, not a string")
+    for key, where in (("model_options", meta), ("options", config)):
+        if not isinstance(where.get(key) or {}, dict):
+            raise bad(f"its {key} are a {type(where[key]).__name__}, not a mapping")
+    for key, where in (("dataset", meta), ("dataset", config), ("data_dir", config)):
+        if where.get(key) is not None and not isinstance(where[key], str):
+            raise bad(f"its {key} is {where[key]!r}, not a string")
+    try:
+        return DatasetInfo.from_dict(meta["info"])
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+
+
+def load_trained(plugins: Plugins, path: Path, *, device: str, trust: bool = False) -> Trained:
+    """Load ``path``, check what it claims, rebuild its model with its weights, move it to
+    ``device``."""
+    from exptorch.train import make_device
+
+    checkpoint = load_checkpoint(plugins, path, trust=trust)
+    info = checked_meta(checkpoint, path)
     target = make_device(plugins, device)
     return Trained(
         checkpoint=checkpoint,
-        info=DatasetInfo.from_dict(checkpoint.meta["info"]),
+        info=info,
         model=build_model(plugins, checkpoint).to(target),
         device=target,
     )
