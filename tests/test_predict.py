@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +211,46 @@ def test_bad_checkpoint_metadata_is_one_sentence(
         message = result.stderr.strip()
         assert message.startswith(f"Error: Checkpoint {path} has bad metadata: {reason}"), message
         assert "\n" not in message
+
+
+def write_png_bomb(path: Path, side: int = 20000) -> None:
+    """A real, valid 1-bit PNG of ``side`` x ``side`` pixels, all black: tiny on disk,
+    ``side**2`` pixels (400 million) once decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte, then the packed bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def test_a_decompression_bomb_and_a_fifo_are_refused_and_the_rest_predicted(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    picture(COLOURS["red"], (20, 20), seed=3).save(folder / "red.png")
+    write_png_bomb(folder / "bomb.png")
+    picture(COLOURS["blue"], (20, 20), seed=4).save(folder / "zz-blue.png")
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)  # nothing ever writes to it: opening it for reading would wait forever
+    result = subprocess.run(
+        [sys.executable, "-m", "exptorch", "predict", "--checkpoint", str(checkpoint),
+         "--device", "cpu", str(folder), str(fifo)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    verdicts = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert verdicts[str(folder / "red.png")].startswith("red")
+    assert verdicts[str(folder / "zz-blue.png")].startswith("blue")
+    assert result.stderr.splitlines() == [
+        f"error: {folder / 'bomb.png'} is too large to decode safely (over 89,478,485 pixels, "
+        "Pillow's limit against decompression bombs); shrink it first.",
+        f"error: {fifo} is not a regular file (a FIFO, socket or device), so it is not read.",
+    ]

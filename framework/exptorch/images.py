@@ -13,11 +13,18 @@ its images and by ``expt predict`` for new ones, so both see a file the same way
   antialiases when shrinking), stretching rather than cropping, like
   torchvision's ``Resize((height, width))``.
 
+Only regular files are opened (a FIFO or a device would block or never end), and
+an image larger than Pillow's ``MAX_IMAGE_PIXELS`` (about 89 megapixels) is
+refused before it is decoded, as a possible decompression bomb.
+
 Pillow and numpy are imported inside the functions, as is torch.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,17 +76,27 @@ def load_image(path: Path, *, channels: int, height: int, width: int) -> torch.T
     if channels not in (1, 3):
         raise ExptError(f"Images can be read with 1 or 3 channels, not {channels}.")
     try:
-        with Image.open(path) as img:
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            flat = _flatten(upright, "L" if channels == 1 else "RGB")
-            resized = flat.resize((width, height), Image.Resampling.BILINEAR)
+        with _open_regular(path) as fh, warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse it all.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fh) as img:
+                img.load()
+                upright = ImageOps.exif_transpose(img)
+                flat = _flatten(upright, "L" if channels == 1 else "RGB")
+                resized = flat.resize((width, height), Image.Resampling.BILINEAR)
     except FileNotFoundError:
         raise ExptError(f"{path} does not exist.") from None
     except IsADirectoryError:
         raise ExptError(f"{path} is a folder, not an image file.") from None
     except UnidentifiedImageError:
         raise ExptError(f"{path} is not an image file Pillow can read.") from None
+    except PermissionError:
+        raise ExptError(f"{path} cannot be read (permission denied).") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ExptError(
+            f"{path} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels, "
+            "Pillow's limit against decompression bombs); shrink it first."
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ExptError(f"{path} is truncated or damaged ({exc}).") from None
     array = np.array(resized, dtype=np.uint8)
@@ -87,12 +104,36 @@ def load_image(path: Path, *, channels: int, height: int, width: int) -> torch.T
     return torch.from_numpy(array.copy())
 
 
+def _open_regular(path: Path) -> Any:
+    """``path`` opened for reading in binary, if it is a regular file; else ``ExptError``.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO (which
+    would wait for a writer forever) or a device is refused, even one swapped in
+    after a check by name.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(mode):
+            raise ExptError(
+                f"{path} is not a regular file (a FIFO, socket or device), so it is not read."
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def is_greyscale(path: Path) -> bool:
     """Whether an image file is stored as greyscale (used to pick 1 or 3 channels)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with _open_regular(path) as fh, Image.open(fh) as img:
             return img.mode in GREY_MODES
     except Exception:
         return False  # load_image reports the file properly
