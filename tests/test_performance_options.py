@@ -13,7 +13,13 @@ from test_resume import StopAtStep, StopPlugin, assert_identical, config, resume
 from exptorch import ExptError
 from exptorch.config import RunConfig, read_recipe, recipe_names, resolve_config
 from exptorch.rundir import read_metrics
-from exptorch.train import RunInterrupted, lr_factor, run_experiment
+from exptorch.train import RunInterrupted, run_experiment
+from exptorch_plugins import schedules
+
+
+def lr_factor(name: str, step: int, total: int) -> float:
+    """The built-in schedule ``name``'s factor at ``step`` of ``total``."""
+    return getattr(schedules, name)(total_steps=total, steps_per_epoch=total)(step)
 
 
 def saved_config(run: Path) -> dict:

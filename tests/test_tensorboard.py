@@ -16,7 +16,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from exptorch import Logger, hookimpl
+from exptorch import Callback, Logger, hookimpl
 from exptorch.config import RunConfig
 from exptorch.plugins import NO_AUTOLOAD_ENV, load_plugins
 from exptorch.rundir import read_metrics
@@ -41,7 +41,7 @@ class Exploding(Logger):
         return super().__getattribute__(name)
 
 
-class Plugin:
+class Plugin(Callback):
     """Registers the exploding logger and looks at the event file at the end of epoch 1."""
 
     def __init__(self) -> None:
@@ -52,8 +52,11 @@ class Plugin:
         register("exploding", Exploding)
 
     @hookimpl
-    def epoch_end(self, run: Any, epoch: int, metrics: Mapping[str, float]) -> None:
-        if epoch == 1:  # what a live TensorBoard sees while the run goes on
+    def register_callbacks(self, register: Any) -> None:
+        register("peek", lambda run: self)
+
+    def on_epoch_start(self, run: Any, epoch: int) -> None:
+        if epoch == 2:  # what a live TensorBoard sees while the run goes on
             events = EventAccumulator(str(run.run_dir))
             events.Reload()
             self.live_scalars = events.Tags()["scalars"]

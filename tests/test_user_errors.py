@@ -64,7 +64,7 @@ def test_missing_dataset_offline(expt, tmp_path: Path) -> None:
         ("epochs = ", "is not valid TOML"),
         ("epoch = 3", "Unknown key 'epoch'"),
         ('epochs = "ten"', "Config key 'epochs' must be an integer"),
-        ('optimizer = "rmsprop"', "must be one of sgd, adamw"),
+        ('optimizer = "rmsprop"', "Unknown optimizer 'rmsprop'"),
     ],
 )
 def test_bad_config_file(expt, tmp_path: Path, content: str, fragment: str) -> None:

@@ -6,6 +6,7 @@ Importing it is cheap: nothing here imports torch.
 """
 
 from exptorch.errors import ExptError
+from exptorch.events import Callback, Metric
 from exptorch.hookspecs import hookimpl, hookspec
 from exptorch.images import IMAGE_EXTENSIONS, is_greyscale, is_image_file, load_image
 from exptorch.types import (
@@ -22,11 +23,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "Callback",
     "Checkpoint",
     "CheckpointFormat",
     "DatasetInfo",
     "ExptError",
     "Logger",
+    "Metric",
     "Option",
     "RunContext",
     "Splits",

@@ -48,8 +48,8 @@ class RunConfig:
     epochs: int = _opt(10, "Total number of epochs.", minimum=1)
     batch_size: int = _opt(64, "Images per training step.", minimum=1)
     lr: float = _opt(0.01, "Learning rate.", positive=True)
-    optimizer: str = _opt("sgd", "Optimizer.", choices=("sgd", "adamw"))
-    momentum: float = _opt(0.0, "SGD momentum.", minimum=0)
+    optimizer: str = _opt("sgd", "Optimizer (see `expt plugins`): sgd, adamw, adam, ...")
+    momentum: float = _opt(0.0, "Momentum, for optimizers that take it (sgd).", minimum=0)
     weight_decay: float = _opt(0.0, "Weight decay.", minimum=0)
     seed: int | None = _opt(None, "Random seed. [default: a random one, recorded]")
     log_every: int = _opt(100, "Log the training loss every N steps.", minimum=1)
@@ -86,12 +86,32 @@ class RunConfig:
         choices=("auto", "on", "off"),
     )  # fmt: skip
     augment: bool = _opt(
-        False, "Random crop (pad 4) and horizontal flip.", flag="--augment/--no-augment"
+        False, "Shorthand for --transform crop-flip.", flag="--augment/--no-augment"
     )
     label_smoothing: float = _opt(0.0, "Label smoothing of the loss.", minimum=0)
     schedule: str = _opt(
-        "constant", "Learning-rate schedule over all steps.",
-        choices=("constant", "cosine", "onecycle"),
+        "constant", "Learning-rate schedule over all steps: constant, cosine, onecycle, step, ..."
+    )
+    warmup: float = _opt(
+        0.0, "Linear learning-rate warm-up over this fraction of all steps (any schedule).",
+        minimum=0,
+    )  # fmt: skip
+    loss: str = _opt("cross-entropy", "Training loss (see `expt plugins`).")
+    transform: list[str] = _opt(
+        [], "Batch transform on the device (crop-flip, mixup, cutmix, ...); repeat for several, "
+        "applied in order.", multiple=True,
+    )  # fmt: skip
+    metric: list[str] = _opt(
+        [], "Test metric besides accuracy and loss (top5, macro-f1, ...); repeat for several.",
+        multiple=True,
+    )  # fmt: skip
+    monitor: str = _opt(
+        "accuracy", "Metric that chooses the best checkpoint (--keep best) and W&B's best value: "
+        "accuracy, loss, or a --metric name.",
+    )  # fmt: skip
+    monitor_mode: str = _opt(
+        "auto", "Whether higher or lower --monitor is better; auto: the metric's own direction.",
+        choices=("auto", "max", "min"),
     )  # fmt: skip
     nproc_per_node: int = _opt(
         1, "Train with DDP in N processes on this machine (torch.distributed.run).", minimum=1

@@ -108,6 +108,91 @@ def register_checkpoint_formats(register: Register) -> None:
 
 
 @hookspec
+def register_optimizers(register: Register) -> None:
+    """Register optimizers for ``--optimizer NAME``. Called once, when exptorch builds its registry.
+
+    :param register: call ``register(name, factory, ...)`` per optimizer.
+        ``factory(model: torch.nn.Module, *, lr: float, weight_decay: float, **options)
+        -> torch.optim.Optimizer`` builds it over the model's trainable parameters
+        (parameter groups are the factory's choice). A factory that also takes
+        ``momentum`` receives ``--momentum``; ``--momentum`` with a factory that does
+        not take it is refused.
+
+    Return nothing.
+    """
+
+
+@hookspec
+def register_schedules(register: Register) -> None:
+    """Register learning-rate schedules for ``--schedule NAME``. Called once.
+
+    :param register: call ``register(name, factory, ...)`` per schedule.
+        ``factory(*, total_steps: int, steps_per_epoch: int, **options) -> Callable[[int],
+        float]`` returns the learning rate at a step as a fraction of ``--lr``. It must be
+        a pure function of the step, so a resumed run continues exactly. exptorch applies
+        ``--warmup`` on top of every schedule. Raise :class:`~exptorch.ExptError` for
+        options that do not fit (checked before anything is written).
+
+    Return nothing.
+    """
+
+
+@hookspec
+def register_losses(register: Register) -> None:
+    """Register training losses for ``--loss NAME``. Called once.
+
+    :param register: call ``register(name, factory, ...)`` per loss.
+        ``factory(*, label_smoothing: float, **options) -> Callable[[logits, targets],
+        torch.Tensor]``; ``targets`` are class indices (``int64``, shape ``(N,)``) or class
+        probabilities (float, shape ``(N, classes)``) after a mixing transform.
+
+    Return nothing.
+    """
+
+
+@hookspec
+def register_transforms(register: Register) -> None:
+    """Register batch transforms for ``--transform NAME`` (repeatable, in order). Called once.
+
+    :param register: call ``register(name, factory, ...)`` per transform.
+        ``factory(info: DatasetInfo, **options) -> Callable[[images, targets, generator],
+        tuple[images, targets]]`` transforms a normalised training batch on its device.
+        Random numbers must come from ``generator`` (a CPU ``torch.Generator`` seeded from
+        the run's seed, the epoch and the batch), so a resumed run sees the same batches.
+        Raise :class:`~exptorch.ExptError` when the transform does not fit ``info``.
+
+    Return nothing.
+    """
+
+
+@hookspec
+def register_metrics(register: Register) -> None:
+    """Register test metrics for ``--metric NAME`` (repeatable). Called once.
+
+    :param register: call ``register(name, factory, ...)`` per metric.
+        ``factory(info: DatasetInfo, **options) -> Metric`` (see :class:`~exptorch.Metric`);
+        its value is recorded as ``test_`` + the name with ``-`` as ``_`` (``macro-f1``:
+        ``test_macro_f1``) after every evaluation.
+
+    Return nothing.
+    """
+
+
+@hookspec
+def register_callbacks(register: Register) -> None:
+    """Register callbacks: objects that listen to a run's step and epoch events. Called once.
+
+    :param register: call ``register(name, factory, ...)`` per callback.
+        ``factory(run: RunContext, **options) -> Callback | None`` is called for every
+        run, before its folder is written, with ``run.model`` and ``run.optimizer`` set;
+        return ``None`` when the options leave the callback off for this run, or raise
+        :class:`~exptorch.ExptError` to refuse them. See :class:`~exptorch.Callback`.
+
+    Return nothing.
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``expt`` command group. Called when the CLI starts.
 
@@ -131,14 +216,15 @@ def run_start(run: RunContext) -> None:
 
 
 @hookspec
-def epoch_end(run: RunContext, epoch: int, metrics: Mapping[str, float]) -> None:
-    """Called after each epoch's evaluation and checkpoint.
+def epoch_end(run: RunContext, epoch: int, metrics: dict[str, float]) -> None:
+    """Called after each epoch's evaluation, before its record and checkpoint are written.
 
     :param run: the run in progress.
     :param epoch: the epoch that just ended, counting from 1.
-    :param metrics: that epoch's metrics (``train_loss``, ``test_loss``,
-        ``test_accuracy``, ...). Call ``run.request_stop(reason)`` to end the
-        run after this epoch (early stopping, a time budget, ...).
+    :param metrics: that epoch's metrics (``epoch_train_loss``, ``test_loss``,
+        ``test_accuracy``, ...); keys added to it are written to ``metrics.jsonl`` and
+        every logger. Call ``run.request_stop(reason)`` to end the run after this
+        epoch (early stopping, a time budget, ...).
 
     Return nothing.
     """

@@ -39,6 +39,12 @@ KINDS: dict[str, str] = {
     "device": "register_devices",
     "logger": "register_loggers",
     "checkpoint format": "register_checkpoint_formats",
+    "optimizer": "register_optimizers",
+    "schedule": "register_schedules",
+    "loss": "register_losses",
+    "transform": "register_transforms",
+    "metric": "register_metrics",
+    "callback": "register_callbacks",
 }
 
 

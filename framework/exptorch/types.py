@@ -27,6 +27,9 @@ class Option:
     (``--vgg16-head``). ``choices`` restricts the value; ``type`` converts it.
     The resolved value reaches the factory as a keyword argument of that name.
 
+    ``minimum`` and ``maximum`` bound a number; a value outside them (or a
+    ``nan``/``inf`` given to a ``float`` option) is refused before anything is written.
+
     ``initial_weights`` marks an option that only chooses where the starting
     weights come from (a pretrained file): when exptorch rebuilds a model to load
     a checkpoint into it (resume, ``expt predict``, ``expt eval``) it passes the
@@ -40,6 +43,9 @@ class Option:
     choices: Sequence[str] | None = None
     is_flag: bool = False
     initial_weights: bool = False
+    #: Bounds checked before a run starts (for ``int`` and ``float`` options).
+    minimum: float | None = None
+    maximum: float | None = None
 
     @property
     def flag(self) -> str:
@@ -199,7 +205,11 @@ class CheckpointFormat(Protocol):
 
 @dataclass
 class RunContext:
-    """A run in progress, as lifecycle hooks and logger factories see it."""
+    """A run in progress, as hooks, callbacks and logger factories see it.
+
+    Fields below ``stop_reason`` are filled in as the run is built: ``model`` and
+    ``optimizer`` before callbacks are created, ``step`` and ``epoch`` as it trains.
+    """
 
     run_dir: Path
     config: RunConfig
@@ -211,7 +221,40 @@ class RunContext:
     resumed: bool = False
     stop_reason: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: The optimizer the run trains with (``torch.optim.Optimizer``).
+    optimizer: Any = None
+    #: The ``torch.device`` the run trains on.
+    device: Any = None
+    #: Optimizer steps taken so far, over the whole run (resumes included).
+    step: int = 0
+    #: The epoch being trained (counting from 1).
+    epoch: int = 0
+    #: The model that evaluation and the "best" checkpoint use; a callback may set
+    #: it (an EMA of the weights). ``None`` means ``model``.
+    eval_model: Any = None
+    #: The metric that decides the best checkpoint (``test_accuracy``), and ``max`` or ``min``.
+    monitor: str = "test_accuracy"
+    monitor_mode: str = "max"
+    _pending: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def request_stop(self, reason: str) -> None:
         """Ask the run to stop after the current epoch; the reason is printed and recorded."""
         self.stop_reason = reason
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the optimizer's first parameter group right now."""
+        return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else 0.0
+
+    def log(self, metrics: Mapping[str, float]) -> None:
+        """Record scalar ``metrics`` at the current step, in metrics.jsonl and every logger.
+
+        Written right after the event that called it returns; names must not be
+        ``step`` or ``epoch``.
+        """
+        self._pending.append({str(k): float(v) for k, v in metrics.items()})
+
+    def take_pending(self) -> list[dict[str, float]]:
+        """The metrics :meth:`log` collected since the last call (used by the loop)."""
+        pending, self._pending = self._pending, []
+        return pending
