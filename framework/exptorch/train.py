@@ -95,6 +95,7 @@ def setup(
         data_dir=Path(config.data_dir) if config.data_dir else default_data_dir(),
         download=config.download, **plugin_kwargs(parts.dataset, config),
     )  # fmt: skip
+    splits.validate(config.dataset)
     train_batches, test_batches = make_batches(config, splits, device, world)
     model, net, autocast, scaler = build_model(config, parts, splits, device, world, resume)
     optimizer = assemble.build_optimizer(parts.optimizer, config, model)
