@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import pytest
 from exptorch import ExptError, hookimpl
 from exptorch.config import RunConfig
 from exptorch.plugins import NO_AUTOLOAD_ENV, load_plugins
+from exptorch.rundir import read_metrics
 from exptorch.train import run_experiment
 
 
@@ -135,3 +139,61 @@ def test_plot(expt, runs_dir: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.stdout.strip() == "wrote curves.png"
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_state_json_holds_everything_list_shows(expt, runs_dir: Path) -> None:
+    rows = json.loads(
+        expt("runs", "list", "--runs-dir", str(runs_dir), "--json", check=True).stdout
+    )
+    base = next(row for row in rows if row["name"] == "base")
+    epochs = [r for r in read_metrics(runs_dir / "base" / "metrics.jsonl") if "test_accuracy" in r]
+    assert base["best_accuracy"] == max(r["test_accuracy"] for r in epochs)
+    assert base["final"] == {
+        key: epochs[-1][key] for key in ("test_accuracy", "test_loss", "epoch_train_loss")
+    }
+    assert base["epochs_done"] == len(epochs) == 2
+
+
+def test_list_never_opens_metrics_jsonl(runs_dir: Path, tmp_path: Path) -> None:
+    """A FIFO as metrics.jsonl: opening it would wait for a writer forever."""
+    runs = tmp_path / "runs"
+    big = runs / "big"
+    big.mkdir(parents=True)
+    for name in ("config.json", "state.json"):
+        shutil.copy(runs_dir / "base" / name, big / name)
+    os.mkfifo(big / "metrics.jsonl")
+    result = subprocess.run(
+        [sys.executable, "-m", "exptorch", "runs", "list", "--runs-dir", str(runs), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    expected = json.loads(subprocess.run(
+        [sys.executable, "-m", "exptorch", "runs", "list", "--runs-dir", str(runs_dir), "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout)  # fmt: skip
+    base = next(r for r in expected if r["name"] == "base")
+    assert {k: v for k, v in row.items() if k not in ("name", "path")} == {
+        k: v for k, v in base.items() if k not in ("name", "path")
+    }
+
+
+def test_show_streams_a_large_metrics_file(runs_dir: Path, tmp_path: Path) -> None:
+    from exptorch.runs import find_run, show_text
+
+    big = tmp_path / "big"
+    shutil.copytree(runs_dir / "base", big)
+    epochs = [r for r in read_metrics(big / "metrics.jsonl") if "test_accuracy" in r]
+    with open(big / "metrics.jsonl", "w") as fh:  # 200,000 training records, then the epochs
+        for step in range(200_000):
+            fh.write(json.dumps({"step": step, "epoch": 1, "train_loss": 1.0 / (step + 1)}) + "\n")
+        fh.writelines(json.dumps(r) + "\n" for r in epochs)
+    tracemalloc.start()
+    try:
+        run = find_run(tmp_path, "big")
+        text = show_text(run)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert run.epoch_records == epochs and "no completed epoch" not in text
+    assert peak < 5_000_000  # a list of every record would take far more than the file's 10 MB

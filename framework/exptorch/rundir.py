@@ -146,16 +146,32 @@ def pid_alive(pid: Any) -> bool:
     return True
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Read a ``metrics.jsonl`` file; a torn last line (from a crash) is ignored."""
-    records = []
+def iter_metrics(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file, one line at a time, so a file of any size
+    costs one line of memory; a torn line (from a crash) or a non-object line is skipped."""
     with open(path) as fh:
         for line in fh:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-    return records
+            if isinstance(record, dict):
+                yield record
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Read a whole ``metrics.jsonl`` file (see :func:`iter_metrics`)."""
+    return list(iter_metrics(path))
+
+
+#: What ``state.json`` keeps of the newest epoch's record (under ``final``), so that
+#: ``expt runs list`` shows a run from ``config.json`` and ``state.json`` alone.
+FINAL_KEYS = ("test_accuracy", "test_loss", "epoch_train_loss")
+
+
+def final_metrics(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`FINAL_KEYS` of an epoch's record (one with ``test_accuracy``)."""
+    return {key: record[key] for key in FINAL_KEYS if key in record}
 
 
 class RunDir:
@@ -164,6 +180,8 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._metrics: IO[str] | None = None
+        #: The newest epoch's final metrics, written into state.json by set_state.
+        self._final: dict[str, Any] | None = None
 
     @property
     def checkpoints(self) -> Path:
@@ -212,6 +230,8 @@ class RunDir:
             return 0
         records = read_metrics(self.metrics_path)
         kept = [r for r in records if int(r.get("step", 0)) <= step]
+        epochs = [r for r in kept if "test_accuracy" in r]
+        self._final = final_metrics(epochs[-1]) if epochs else {}
         if len(kept) != len(records):
             with atomic_path(self.metrics_path) as tmp:
                 tmp.write_text("".join(dumps(r) + "\n" for r in kept))
@@ -227,6 +247,8 @@ class RunDir:
     def set_state(self, state: str, **fields: Any) -> None:
         path = self.path / "state.json"
         current = read_json(path)
+        if self._final is not None:
+            current["final"] = self._final
         current.update(fields, state=state, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_json(path, current)
 
@@ -236,6 +258,8 @@ class RunDir:
             self._metrics = open(self.metrics_path, "a")  # noqa: SIM115 - closed in close()
         self._metrics.write(dumps(record) + "\n")
         self._metrics.flush()
+        if "test_accuracy" in record:  # an epoch's end: state.json's next write carries it
+            self._final = final_metrics(record)
 
     def sync(self) -> None:
         if self._metrics is not None:

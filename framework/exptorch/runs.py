@@ -1,22 +1,24 @@
 """What ``expt runs`` shows: runs read back from their folders, and nothing else.
 
 Each run folder holds ``config.json``, ``metrics.jsonl`` and ``state.json`` (see
-:mod:`exptorch.rundir`); these functions read them without importing torch, so
-listing a thousand runs costs file reads only.
+:mod:`exptorch.rundir`); these functions read them without importing torch.
+``expt runs list`` reads ``config.json`` and ``state.json`` only (``state.json``
+holds the epochs done, the best accuracy and the final metrics), so listing a
+thousand runs costs two small files each, however long they trained; ``show``,
+``compare`` and ``plot`` stream ``metrics.jsonl`` one line at a time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from exptorch.errors import ExptError
-from exptorch.rundir import dumps, pid_alive, read_json, read_metrics
+from exptorch.rundir import FINAL_KEYS, dumps, final_metrics, iter_metrics, pid_alive, read_json
 
 #: What ``state`` can be: the five that ``state.json`` records, ``crashed`` (it says
 #: running, but its process is gone), and ``unknown`` (no readable ``state.json``).
@@ -40,12 +42,36 @@ class Run:
     final: dict[str, float]
     config: dict[str, Any] = field(repr=False)
     state_info: dict[str, Any] = field(repr=False)
-    history: list[dict[str, Any]] = field(repr=False)
+    _epochs: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every record of ``metrics.jsonl``, streamed (nothing when it cannot be read)."""
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():  # never open a FIFO or a folder by that name
+            return
+        try:
+            yield from iter_metrics(path)
+        except (OSError, UnicodeDecodeError):
+            return
 
     @property
     def epoch_records(self) -> list[dict[str, Any]]:
-        """One record per completed epoch (the ones with test metrics)."""
-        return [r for r in self.history if "test_accuracy" in r]
+        """One record per completed epoch (the ones with test metrics), read once."""
+        if self._epochs is None:
+            self._epochs = [r for r in self.records() if "test_accuracy" in r]
+        return self._epochs
+
+    def with_metrics(self) -> Run:
+        """This run with its epochs read from ``metrics.jsonl``, and the best and final
+        metrics taken from them where ``state.json`` lacks them (a run of an older exptorch)."""
+        records = self.epoch_records
+        if not isinstance(self.state_info.get("epoch"), int):
+            self.epochs_done = len(records)
+        if self.best_accuracy is None:
+            self.best_accuracy = _best([r.get("test_accuracy") for r in records])
+        if not self.final and records:
+            self.final = _numbers(final_metrics(records[-1]))
+        return self
 
     def summary(self) -> dict[str, Any]:
         """The row ``expt runs list --json`` prints."""
@@ -78,42 +104,44 @@ def is_run_folder(path: Path) -> bool:
 
 
 def read_run(path: Path) -> Run:
-    """Read one run folder; missing or torn files give empty values, never an error."""
+    """Read one run folder's ``config.json`` and ``state.json`` (never ``metrics.jsonl``);
+    missing or torn files give empty values, never an error."""
     config_file = read_json(path / "config.json")
     state_info = read_json(path / "state.json")
-    history: list[dict[str, Any]] = []
-    with contextlib.suppress(OSError):
-        history = read_metrics(path / "metrics.jsonl")
-    config = config_file.get("config", {})
+    config = config_file.get("config")
+    config = config if isinstance(config, dict) else {}
     state = str(state_info.get("state") or "unknown")
     if state == "running" and not pid_alive(state_info.get("pid")):
         state = "crashed"
-    epochs_records = [r for r in history if "test_accuracy" in r]
-    accuracies = [r["test_accuracy"] for r in epochs_records if _finite(r["test_accuracy"])]
-    final: dict[str, float] = {
-        key: float(epochs_records[-1][key])
-        for key in ("test_accuracy", "test_loss", "epoch_train_loss")
-        if epochs_records and key in epochs_records[-1]
-    }
     done = state_info.get("epoch")
+    final = state_info.get("final")
     return Run(
         name=path.name,
         path=path,
         state=state,
         model=config.get("model"),
         dataset=config.get("dataset"),
-        epochs_done=int(done) if isinstance(done, int) else len(epochs_records),
+        epochs_done=done if isinstance(done, int) and not isinstance(done, bool) else 0,
         epochs=config.get("epochs"),
-        best_accuracy=max(accuracies) if accuracies else None,
-        final=final,
+        best_accuracy=_best([state_info.get("best_test_accuracy")]),
+        final=_numbers(final) if isinstance(final, dict) else {},
         config=config_file,
         state_info=state_info,
-        history=history,
     )
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _best(accuracies: Sequence[Any]) -> float | None:
+    """The highest real accuracy (the loop records -1 before its first epoch), or ``None``."""
+    real = [float(a) for a in accuracies if _finite(a) and a >= 0]
+    return max(real) if real else None
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, float]:
+    return {k: float(values[k]) for k in FINAL_KEYS if _finite(values.get(k))}
 
 
 def list_runs(runs_dir: Path) -> list[Run]:
@@ -130,7 +158,7 @@ def find_run(runs_dir: Path, name: str) -> Run:
     """The run called ``name`` in ``runs_dir``, or at the path ``name``."""
     for candidate in (runs_dir / name, Path(name)):
         if is_run_folder(candidate):
-            return read_run(candidate)
+            return read_run(candidate).with_metrics()
     raise ExptError(f"No run {name!r} in {runs_dir}; see `expt runs list --runs-dir {runs_dir}`.")
 
 
@@ -280,11 +308,11 @@ def plot(runs: Sequence[Run], output: Path) -> Path:
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     for index, run in enumerate(runs):
         colour = f"C{index % 10}"
-        train = [r for r in run.history if "train_loss" in r]
+        train = [(r["step"], r["train_loss"]) for r in run.records() if "train_loss" in r]
         tests = run.epoch_records
         if train:
             loss_ax.plot(
-                [r["step"] for r in train], [r["train_loss"] for r in train],
+                [step for step, _ in train], [loss for _, loss in train],
                 color=colour, label=f"{run.name} train",
             )  # fmt: skip
         if tests:
