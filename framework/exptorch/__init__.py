@@ -9,6 +9,7 @@ from exptorch.errors import ExptError
 from exptorch.events import Callback, Metric
 from exptorch.hookspecs import hookimpl, hookspec
 from exptorch.images import IMAGE_EXTENSIONS, is_greyscale, is_image_file, load_image
+from exptorch.plugins import Plugins, Registration, current_plugins
 from exptorch.types import (
     Checkpoint,
     CheckpointFormat,
@@ -31,9 +32,12 @@ __all__ = [
     "Logger",
     "Metric",
     "Option",
+    "Plugins",
+    "Registration",
     "RunContext",
     "Splits",
     "__version__",
+    "current_plugins",
     "hookimpl",
     "hookspec",
     "is_greyscale",

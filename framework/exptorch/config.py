@@ -255,7 +255,22 @@ def resolve_config(
 
     config = RunConfig(**values, options=options)
     validate(config)
+    check_plugin_options(config, extras.values())
     return config
+
+
+def check_plugin_options(config: RunConfig, declared: Iterable[Option]) -> None:
+    """Refuse a plugin option's value that is not finite or outside its declared bounds."""
+    for opt in declared:
+        value = config.options.get(opt.name, opt.default)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ExptError(f"{opt.flag} must be a finite number, not {value}.")
+        if opt.minimum is not None and value < opt.minimum:
+            raise ExptError(f"{opt.flag} must be at least {opt.minimum}, not {value}.")
+        if opt.maximum is not None and value > opt.maximum:
+            raise ExptError(f"{opt.flag} must be at most {opt.maximum}, not {value}.")
 
 
 #: What ``torch.manual_seed`` and numpy's generators both take without complaint.

@@ -285,6 +285,19 @@ def load_plugins(
     return plugins
 
 
+def current_plugins() -> Plugins:
+    """The plugins of the running ``expt`` command (loaded once), for commands plugins add.
+
+    Outside an ``expt`` command it loads them afresh from the entry points.
+    """
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root().command if ctx is not None else None
+    plugins = getattr(root, "plugins", None)
+    return plugins if isinstance(plugins, Plugins) else load_plugins()
+
+
 def _drop_invalid(plugins: Plugins) -> None:
     """Unregister plugins that implement hooks no spec defines, reporting each one."""
     while True:

@@ -184,6 +184,31 @@ def run_expt(
     return run_experiment(config, plugins, echo=echo, progress=False)
 
 
+def resume_expt(
+    plugins: Plugins,
+    run_dir: Path,
+    *,
+    echo: Callable[[str], None] = print,
+    **options: Any,
+) -> Path:
+    """Run ``expt run --resume RUN_DIR`` in-process, with ``options`` given as flags.
+
+    The run continues with its own recorded settings; ``options`` (``epochs=4``,
+    ``lr=0.01``, ...) override them as flags given with ``--resume`` would.
+    """
+    from exptorch.config import resolve_config
+    from exptorch.train import find_resume_point, run_experiment
+
+    point = find_resume_point(plugins, run_dir)
+    config = resolve_config(
+        {"logger": [], **options},
+        explicit=list(options),
+        plugin_options=[opt for _, opt in plugins.options()],
+        base=point.checkpoint.config,
+    )
+    return run_experiment(config, plugins, echo=echo, progress=False, resume=point)
+
+
 # --- pytest fixtures --------------------------------------------------------------------------
 
 
@@ -234,6 +259,7 @@ __all__ = [
     "expt_run",
     "expt_splits",
     "make_plugins",
+    "resume_expt",
     "run_config",
     "run_expt",
     "tiny_splits",

@@ -97,6 +97,8 @@ class WandbLogger(Logger):
         self.floor: int = saved.get("last_step", -1) + 1 if saved else 0
         self.last_step: int = saved.get("last_step", -1)
         self.best: dict[str, float] = dict(saved.get("best", {}))
+        #: The summary's best values: test accuracy and loss, and whatever --monitor names.
+        self.best_rules = {**BEST, run.monitor: max if run.monitor_mode == "max" else min}
 
         mode = _mode(wandb_mode or os.environ.get("WANDB_MODE") or "online")
         timeout = wandb_timeout or _env_float("WANDB_INIT_TIMEOUT") or DEFAULT_TIMEOUT
@@ -178,7 +180,7 @@ class WandbLogger(Logger):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.run.log(dict(metrics), step=self._step(step))
-        for key, better in BEST.items():
+        for key, better in self.best_rules.items():
             if key in metrics and math.isfinite(value := float(metrics[key])):
                 self.best[key] = better(value, self.best.get(key, value))
                 self.run.summary[f"best_{key}"] = self.best[key]

@@ -1,0 +1,446 @@
+"""The open loop: optimizers, schedules, losses, transforms, metrics and callbacks as plugins.
+
+Each built-in is checked for what it does to the tensors it touches, and every
+registry through a real run with a test plugin registered the way a third-party
+package would register it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from exptorch import Callback, DatasetInfo, ExptError, Metric, Option, hookimpl
+from exptorch.assemble import build_optimizer
+from exptorch.config import RunConfig
+from exptorch.interrupts import RunInterrupted
+from exptorch.rundir import read_metrics
+from exptorch.testing import make_plugins, resume_expt, run_expt, tiny_splits
+from exptorch_plugins import losses, metrics, optimizers, schedules, transforms
+from exptorch_plugins.networks import QuickNet
+
+INFO = DatasetInfo(1, 28, 28, tuple("abcdefghij"), (0.5,), (0.25,))
+
+
+def records(run: Path) -> list[dict[str, Any]]:
+    return read_metrics(run / "metrics.jsonl")
+
+
+def epochs(run: Path) -> list[dict[str, Any]]:
+    return [r for r in records(run) if "test_loss" in r]
+
+
+def saved_config(run: Path) -> dict[str, Any]:
+    return json.loads((run / "config.json").read_text())["config"]
+
+
+# --- optimizers ------------------------------------------------------------------------------
+
+
+def test_optimizer_options_reach_the_torch_optimizer() -> None:
+    model = QuickNet(1, 28, 28, 10)
+    reg = make_plugins().get("optimizer", "sgd")
+    config = RunConfig(lr=0.1, momentum=0.9, weight_decay=0.01, options={"sgd_nesterov": True})
+    sgd = build_optimizer(reg, config, model)
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9
+    adam = optimizers.adam(model, lr=0.001, weight_decay=0.0, adam_beta1=0.8, adam_beta2=0.95)
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["betas"] == (0.8, 0.95)
+    adamw = optimizers.adamw(model, lr=0.001, weight_decay=0.05, adamw_no_decay_norm_bias=True)
+    decay, no_decay = adamw.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_momentum_is_refused_for_an_optimizer_without_it(tmp_path: Path) -> None:
+    with pytest.raises(ExptError, match="--momentum does not apply to optimizer 'adam'"):
+        run_expt(make_plugins(), tmp_path / "runs", optimizer="adam", momentum=0.9)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_records_its_optimizers_options_and_no_other_plugins(tmp_path: Path) -> None:
+    run = run_expt(
+        make_plugins(), tmp_path / "runs", optimizer="adam", lr=0.002, adam_beta2=0.99,
+        echo=lambda _: None,
+    )  # fmt: skip
+    options = saved_config(run)["options"]
+    assert options["adam_beta2"] == 0.99 and options["adam_beta1"] == 0.9
+    assert not any(k.startswith(("sgd_", "adamw_", "vgg16_", "folder_", "wandb_")) for k in options)
+    assert epochs(run)[0]["lr"] == pytest.approx(0.002)
+
+
+# --- schedules -------------------------------------------------------------------------------
+
+
+def test_step_schedule_decays_at_each_milestone_epoch() -> None:
+    factor = schedules.step(steps_per_epoch=10, step_milestones="2,4", step_gamma=0.5)
+    assert [factor(s) for s in (0, 9, 10, 29, 30, 45)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    with pytest.raises(ExptError, match="increasing epoch numbers"):
+        schedules.step(steps_per_epoch=10, step_milestones="4,2")
+    with pytest.raises(ExptError, match="needs --step-milestones"):
+        schedules.step(steps_per_epoch=10)
+
+
+class LrTrace(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_step_end(self, run: Any, step: int, loss: float) -> None:
+        self.lrs.append(run.lr)
+
+
+class TracePlugin:
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+
+    @hookimpl
+    def register_callbacks(self, register: Any) -> None:
+        register("trace", lambda run: self.callback)
+
+
+def test_warmup_ramps_up_any_schedule_in_a_real_run(tmp_path: Path) -> None:
+    trace = LrTrace()
+    plugins = make_plugins(("trace", TracePlugin(trace)))
+    run_expt(
+        plugins, tmp_path / "runs", epochs=2, lr=0.1, schedule="step", step_milestones="2",
+        warmup=0.25, echo=lambda _: None,
+    )  # fmt: skip
+    assert len(trace.lrs) == 16  # 2 epochs of 8 steps; 4 of them warm up
+    assert trace.lrs[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    assert trace.lrs[4:8] == pytest.approx([0.1] * 4)
+    assert trace.lrs[8:] == pytest.approx([0.01] * 8)  # milestone epoch 2, gamma 0.1
+
+
+# --- loss and transforms ---------------------------------------------------------------------
+
+
+def test_cross_entropy_takes_class_probabilities() -> None:
+    loss = losses.cross_entropy(label_smoothing=0.0)
+    logits = torch.randn(4, 10)
+    labels = torch.tensor([1, 2, 3, 4])
+    hard = loss(logits, labels)
+    assert loss(logits, torch.nn.functional.one_hot(labels, 10).float()) == pytest.approx(hard)
+    assert losses.cross_entropy(label_smoothing=0.2)(logits, labels) != pytest.approx(hard)
+
+
+def test_crop_flip_pads_with_black_and_is_reproducible() -> None:
+    transform = transforms.crop_flip(INFO, crop_flip_padding=4)
+    white = torch.full((64, 1, 28, 28), (1 - 0.5) / 0.25)
+    labels = torch.arange(64) % 10
+    out, targets = transform(white, labels, torch.Generator().manual_seed(3))
+    black = (0 - 0.5) / 0.25
+    assert torch.equal(targets, labels)
+    assert set(out.unique().tolist()) == {black, (1 - 0.5) / 0.25}  # image and black padding
+    assert (out == black).any(dim=(1, 2, 3)).float().mean() > 0.5  # most images were shifted
+    again, _ = transform(white, labels, torch.Generator().manual_seed(3))
+    assert torch.equal(out, again)
+
+
+def test_mixup_blends_images_and_targets_alike() -> None:
+    transform = transforms.mixup(INFO, mixup_alpha=1.0)
+    images = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 1, 28, 28)
+    labels = torch.arange(8)
+    out, targets = transform(images, labels, torch.Generator().manual_seed(0))
+    assert targets.shape == (8, 10) and torch.allclose(targets.sum(dim=1), torch.ones(8))
+    lam = targets.max(dim=1).values[0].item()
+    # each image is lam * itself + (1 - lam) * its partner; targets say who the partner is
+    for i in range(8):
+        weights = targets[i]
+        expected = sum(weights[c] * images[c] for c in range(8))
+        assert torch.allclose(out[i], expected, atol=1e-5)
+    assert 0 < lam <= 1
+
+
+def test_cutmix_mixes_targets_by_pasted_area_and_refuses_tiny_images() -> None:
+    transform = transforms.cutmix(INFO, cutmix_alpha=1.0)
+    images = torch.zeros(8, 1, 28, 28)
+    images[4:] = 1.0
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    out, targets = transform(images, labels, torch.Generator().manual_seed(5))
+    for i in range(8):  # the share of pixels from class 1 equals the class-1 target weight
+        share = out[i].mean().item()
+        assert targets[i, 1].item() == pytest.approx(share, abs=1e-6)
+    tiny = DatasetInfo(1, 1, 1, tuple("ab"), (0.5,), (0.25,))
+    with pytest.raises(ExptError, match="cutmix needs images of at least 2x2 pixels"):
+        transforms.cutmix(tiny)
+
+
+class TinyImages:
+    """A 1x1-pixel dataset and a linear model that accepts it."""
+
+    @hookimpl
+    def register_datasets(self, register: Any) -> None:
+        def load(**_: Any) -> Any:
+            splits = tiny_splits(128, 64)
+            splits.train_images = splits.train_images[:, :, :1, :1].clone()
+            splits.test_images = splits.test_images[:, :, :1, :1].clone()
+            return splits
+
+        register("one-pixel", load)
+
+    @hookimpl
+    def register_models(self, register: Any) -> None:
+        def build(info: DatasetInfo, **_: Any) -> torch.nn.Module:
+            size = info.channels * info.height * info.width
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(size, info.num_classes))
+
+        register("linear", build)
+
+
+def test_a_transform_that_does_not_fit_the_data_writes_nothing(tmp_path: Path) -> None:
+    plugins = make_plugins(("tiny-images", TinyImages()))
+    with pytest.raises(ExptError, match="cutmix needs images of at least 2x2"):
+        run_expt(
+            plugins, tmp_path / "runs", dataset="one-pixel", model="linear", transform=["cutmix"]
+        )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_transforms_reach_training_but_never_the_test_split(tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    class Spy(Callback):
+        def on_before_optimizer_step(self, run: Any, step: int) -> None:
+            seen.setdefault("grads", all(p.grad is not None for p in run.model.parameters()))
+
+    class SpyPlugin(TracePlugin):
+        @hookimpl
+        def register_transforms(self, register: Any) -> None:
+            def build(info: DatasetInfo, **_: Any) -> Any:
+                def transform(images: Any, targets: Any, generator: Any) -> Any:
+                    seen["train_shape"] = tuple(images.shape)
+                    return images, transforms.soft_targets(targets, info.num_classes)
+
+                return transform
+
+            register("spy", build)
+
+    plugins = make_plugins(("spy", SpyPlugin(Spy())))
+    run = run_expt(plugins, tmp_path / "runs", transform=["spy"], echo=lambda _: None)
+    assert seen == {"train_shape": (64, 1, 28, 28), "grads": True}
+    assert saved_config(run)["transform"] == ["spy"]
+
+
+# --- metrics and --monitor -------------------------------------------------------------------
+
+
+def test_macro_f1_and_top_k_against_hand_computed_values() -> None:
+    # 3 classes; predictions 0,0,1,2,2,2 for labels 0,1,1,2,2,0
+    logits = torch.eye(3)[[0, 0, 1, 2, 2, 2]]
+    labels = torch.tensor([0, 1, 1, 2, 2, 0])
+    f1 = metrics.MacroF1(3)
+    f1.reset(torch.device("cpu"))
+    f1.update(logits[:3], labels[:3])
+    f1.update(logits[3:], labels[3:])
+    # class 0: tp1 fp1 fn1 -> 0.5; class 1: tp1 fp0 fn1 -> 2/3; class 2: tp2 fp1 fn0 -> 0.8
+    assert f1.compute(f1.sums()) == pytest.approx((0.5 + 2 / 3 + 0.8) / 3)
+    top2 = metrics.TopK(2)
+    top2.reset(torch.device("cpu"))
+    scores = torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
+    top2.update(scores, torch.tensor([1, 2, 0]))
+    assert top2.compute(top2.sums()) == pytest.approx(2 / 3)
+
+
+def test_metrics_reach_metrics_jsonl_state_and_monitor_chooses_the_best(tmp_path: Path) -> None:
+    run = run_expt(
+        make_plugins(), tmp_path / "runs", epochs=3, lr=0.05, metric=["top5", "macro-f1"],
+        monitor="loss", keep="best", echo=lambda _: None,
+    )  # fmt: skip
+    rows = epochs(run)
+    assert all({"test_top5", "test_macro_f1", "test_accuracy"} <= set(r) for r in rows)
+    assert all(r["test_top5"] >= r["test_accuracy"] for r in rows)
+    state = json.loads((run / "state.json").read_text())
+    losses_ = [r["test_loss"] for r in rows]
+    best_epoch = losses_.index(min(losses_)) + 1
+    assert state["best_metric"] == "test_loss" and state["best_value"] == min(losses_)
+    assert state["best_checkpoint"] == f"epoch-{best_epoch:03d}.pt"
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert kept == sorted({f"epoch-{best_epoch:03d}.pt", "epoch-003.pt"})
+
+
+class Clash:
+    @hookimpl
+    def register_metrics(self, register: Any) -> None:
+        register("top5", lambda info: metrics.TopK(5))
+
+
+class ConstantMetric(Metric):
+    higher_is_better = False
+
+    def reset(self, device: Any) -> None:
+        pass
+
+    def update(self, logits: Any, labels: Any) -> None:
+        pass
+
+    def sums(self) -> Any:
+        return torch.zeros(1)
+
+    def compute(self, sums: Any) -> float:
+        return 0.25
+
+
+class LossNamedMetric:
+    @hookimpl
+    def register_metrics(self, register: Any) -> None:
+        register("loss", lambda info: ConstantMetric())
+        register("quarter", lambda info: ConstantMetric())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"optimizer": "lion"}, "Unknown optimizer 'lion'; available: adam, adamw, sgd."),
+        ({"schedule": "linear"}, "Unknown schedule 'linear'; available: constant, cosine,"),
+        ({"loss": "focal"}, "Unknown loss 'focal'; available: cross-entropy."),
+        ({"transform": ["flip"]}, "Unknown transform 'flip'; available: crop-flip, cutmix, mixup."),
+        ({"metric": ["auc"]}, "Unknown metric 'auc'; available: accuracy, macro-f1, top5."),
+        ({"monitor": "top5"}, "--monitor 'top5' is not a metric this run records"),
+        ({"sgd_nesterov": True, "optimizer": "adam"}, "--sgd-nesterov belongs to optimizer 'sgd'"),
+        ({"mixup_alpha": 0.5}, "--mixup-alpha belongs to transform 'mixup', which this run"),
+        ({"step_gamma": 2.0}, "--step-gamma must be at most 1, not 2.0."),
+        ({"mixup_alpha": float("nan"), "transform": ["mixup"]}, "--mixup-alpha must be a finite"),
+        ({"warmup": 1.5}, "--warmup is a fraction of all steps below 1"),
+    ],
+)
+def test_bad_choices_are_one_sentence_and_write_nothing(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ExptError) as caught:
+        run_expt(make_plugins(), tmp_path / "runs", **options)
+    assert message in str(caught.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_metric_name_clashes_are_refused(tmp_path: Path) -> None:
+    plugins = make_plugins(("clash", Clash()), strict=False)
+    with pytest.raises(ExptError, match="metric 'top5' is registered by more than one plugin"):
+        run_expt(plugins, tmp_path / "runs", metric=["top5"])
+    plugins = make_plugins(("loss-named", LossNamedMetric()))
+    with pytest.raises(ExptError, match="would be recorded as test_loss, which exptorch itself"):
+        run_expt(plugins, tmp_path / "runs", metric=["loss"])
+    assert not (tmp_path / "runs").exists()
+    run = run_expt(plugins, tmp_path / "runs", metric=["quarter"], monitor="quarter", epochs=2)
+    state = json.loads((run / "state.json").read_text())
+    assert state["best_value"] == 0.25 and state["best_checkpoint"] == "epoch-001.pt"  # min
+
+
+# --- callbacks -------------------------------------------------------------------------------
+
+
+class Counter(Callback):
+    """Counts steps (state that must survive --resume), logs extras, stops early on request."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.steps = 0
+        self.kill_at = 0
+
+    def on_step_end(self, run: Any, step: int, loss: float) -> None:
+        self.steps += 1
+        if step % self.every == 0:
+            run.log({"counted_steps": self.steps})
+        if step == self.kill_at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_evaluate_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
+        metrics["evaluated_epoch"] = epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+
+
+class CounterPlugin:
+    """A plugin that only adds a callback with its own validated option."""
+
+    def __init__(self) -> None:
+        self.made: list[Counter] = []
+        self.kill_at = 0
+
+    @hookimpl
+    def register_callbacks(self, register: Any) -> None:
+        def build(run: Any, counter_every: int | None = None) -> Counter | None:
+            if counter_every is None:
+                return None
+            counter = Counter(counter_every)
+            counter.kill_at = self.kill_at
+            self.made.append(counter)
+            return counter
+
+        register(
+            "counter", build, description="counts steps",
+            options=(Option("counter_every", None, "Log every N steps.", int, minimum=1),),
+        )  # fmt: skip
+
+    @hookimpl
+    def epoch_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
+        metrics["from_epoch_end"] = 10.0 * epoch
+
+
+def test_callback_state_survives_resume_and_extra_metrics_reach_every_record(
+    tmp_path: Path,
+) -> None:
+    plugin = CounterPlugin()
+    plugins = make_plugins(("counter", plugin))
+    options = dict(epochs=2, counter_every=3, transform=["crop-flip", "mixup"], schedule="cosine")
+    straight = run_expt(plugins, tmp_path / "runs", name="straight", echo=lambda _: None, **options)
+    assert plugin.made[-1].steps == 16
+    plugin.kill_at = 11  # epoch 2, mid-epoch
+    with pytest.raises(RunInterrupted):
+        run_expt(plugins, tmp_path / "runs", name="cut", echo=lambda _: None, **options)
+    plugin.kill_at = 0
+    resumed = resume_expt(plugins, tmp_path / "runs" / "cut", echo=lambda _: None)
+    assert plugin.made[-1].steps == 16  # 11 before, 5 after: the state came back
+    assert records(resumed) == records(straight) or _same_but_time(resumed, straight)
+    rows = records(straight)
+    assert [r["counted_steps"] for r in rows if "counted_steps" in r] == [3, 6, 9, 12, 15]
+    assert [r["evaluated_epoch"] for r in epochs(straight)] == [1, 2]
+    assert [r["from_epoch_end"] for r in epochs(straight)] == [10.0, 20.0]
+    a = torch.load(straight / "checkpoints" / "epoch-002.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoints" / "epoch-002.pt", weights_only=True)
+    assert all(torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
+    assert b["extra"]["callbacks"]["counter"] == {"steps": 16}
+
+
+def _same_but_time(a: Path, b: Path) -> bool:
+    timing = ("images_per_second", "epoch_time")
+
+    def clean(run: Path) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k not in timing} for r in records(run)]
+
+    return clean(a) == clean(b)
+
+
+def test_a_callback_option_is_validated_and_off_by_default(tmp_path: Path) -> None:
+    plugin = CounterPlugin()
+    plugins = make_plugins(("counter", plugin))
+    with pytest.raises(ExptError, match="--counter-every must be at least 1, not 0"):
+        run_expt(plugins, tmp_path / "runs", counter_every=0)
+    run_expt(plugins, tmp_path / "runs", echo=lambda _: None)
+    assert plugin.made == []
+
+
+def test_eval_model_set_by_a_callback_is_what_evaluation_uses(tmp_path: Path) -> None:
+    class AlwaysClassZero(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = torch.zeros(len(x), 10)
+            logits[:, 0] = 1
+            return logits
+
+    class Swap(Callback):
+        def on_run_start(self, run: Any) -> None:
+            run.eval_model = AlwaysClassZero()
+
+    run = run_expt(make_plugins(("swap", TracePlugin(Swap()))), tmp_path / "runs")
+    share_of_zero = float((tiny_splits().test_labels == 0).float().mean())
+    assert epochs(run)[0]["test_accuracy"] == pytest.approx(share_of_zero)
