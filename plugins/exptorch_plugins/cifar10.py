@@ -170,7 +170,7 @@ def load(data_dir: Path, download: bool = True, **_: Any) -> Splits:
         )
     parts = [_read_batch(folder / name) for name in train_files]
     test_images, test_labels = _read_batch(folder / "test_batch")
-    classes = CLASSES
+    classes: tuple[str, ...] = CLASSES
     meta = folder / META_FILE[0]
     if meta.is_file():
         try:
