@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exptorch.errors import ExptError
+from exptorch.errors import ExptError, describe, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -98,7 +98,11 @@ def load_image(path: Path, *, channels: int, height: int, width: int) -> torch.T
             "Pillow's limit against decompression bombs); shrink it first."
         ) from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ExptError(f"{path} is truncated or damaged ({exc}).") from None
+        raise ExptError(f"{path} is truncated or damaged ({first_line(exc)}).") from None
+    except ExptError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise many types on hostile input
+        raise ExptError(f"{path} could not be decoded ({describe(exc)}).") from None
     array = np.array(resized, dtype=np.uint8)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(array.copy())
