@@ -55,3 +55,25 @@ def test_runs_show_json_is_strict_for_a_run_with_nan_records(expt, tmp_path: Pat
     shown = strict_load(result.stdout)
     assert shown["epochs_metrics"][0]["test_loss"] is None
     assert shown["epochs_metrics"][0]["epoch_train_loss"] is None
+
+
+def test_state_json_carries_what_runs_list_shows(tmp_path: Path) -> None:
+    """The newest epoch's final metrics and the best test accuracy, without the loop's help."""
+    run = RunDir.create(tmp_path / "runs", "r")
+    run.log_metrics({"step": 1, "epoch": 1, "train_loss": 2.0})
+    run.log_metrics({"step": 2, "epoch": 1, "test_accuracy": 0.7, "test_loss": 1.0})
+    run.set_state("running", epoch=1)
+    run.log_metrics({"step": 4, "epoch": 2, "test_accuracy": 0.6, "test_loss": 0.9,
+                     "epoch_train_loss": 1.1})  # fmt: skip
+    run.set_state("finished", epoch=2)
+    run.close()
+    state = strict_load((run.path / "state.json").read_text())
+    assert state["final"] == {"test_accuracy": 0.6, "test_loss": 0.9, "epoch_train_loss": 1.1}
+    assert state["best_test_accuracy"] == 0.7
+
+    resumed = RunDir.open(run.path)  # a resume from epoch 1 drops epoch 2's records
+    resumed.truncate_metrics(2)
+    resumed.set_state("running", epoch=1)
+    state = strict_load((run.path / "state.json").read_text())
+    assert state["final"] == {"test_accuracy": 0.7, "test_loss": 1.0}
+    assert state["best_test_accuracy"] == 0.7

@@ -169,6 +169,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 FINAL_KEYS = ("test_accuracy", "test_loss", "epoch_train_loss")
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def final_metrics(record: Mapping[str, Any]) -> dict[str, Any]:
     """The :data:`FINAL_KEYS` of an epoch's record (one with ``test_accuracy``)."""
     return {key: record[key] for key in FINAL_KEYS if key in record}
@@ -180,8 +184,12 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._metrics: IO[str] | None = None
-        #: The newest epoch's final metrics, written into state.json by set_state.
+        #: The newest epoch's final metrics and the best test accuracy seen, written into
+        #: state.json by set_state (so ``expt runs list`` never reads metrics.jsonl).
         self._final: dict[str, Any] | None = None
+        self._best: float | None = None
+        #: Whether ``_best`` covers the whole history (after truncate_metrics read it all).
+        self._best_is_whole = False
 
     @property
     def checkpoints(self) -> Path:
@@ -232,6 +240,8 @@ class RunDir:
         kept = [r for r in records if int(r.get("step", 0)) <= step]
         epochs = [r for r in kept if "test_accuracy" in r]
         self._final = final_metrics(epochs[-1]) if epochs else {}
+        accuracies = [r["test_accuracy"] for r in epochs if _finite(r["test_accuracy"])]
+        self._best, self._best_is_whole = (max(accuracies) if accuracies else None), True
         if len(kept) != len(records):
             with atomic_path(self.metrics_path) as tmp:
                 tmp.write_text("".join(dumps(r) + "\n" for r in kept))
@@ -249,6 +259,11 @@ class RunDir:
         current = read_json(path)
         if self._final is not None:
             current["final"] = self._final
+        if self._best is not None:  # the caller's own best_test_accuracy, if given, wins
+            prior: Any = current.get("best_test_accuracy")
+            if not self._best_is_whole and _finite(prior):
+                self._best = max(self._best, float(prior))
+            current["best_test_accuracy"] = self._best
         current.update(fields, state=state, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_json(path, current)
 
@@ -260,6 +275,8 @@ class RunDir:
         self._metrics.flush()
         if "test_accuracy" in record:  # an epoch's end: state.json's next write carries it
             self._final = final_metrics(record)
+            if _finite(accuracy := record["test_accuracy"]):
+                self._best = accuracy if self._best is None else max(self._best, accuracy)
 
     def sync(self) -> None:
         if self._metrics is not None:
