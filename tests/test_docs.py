@@ -16,6 +16,7 @@ import pytest
 
 import exptorch
 from exptorch import hookspecs
+from exptorch.events import EVENTS, Callback
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS_MD = ROOT / "docs" / "hooks.md"
@@ -116,3 +117,32 @@ def test_relative_links_resolve(page: Path) -> None:
         if "://" in target or target.startswith("mailto:"):
             continue
         assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def event_sections(markdown: str) -> dict[str, str]:
+    """``#### `on_event` `` headings of the reference's Events section, with their text."""
+    parts = re.split(r"^#### `(\w+)`\s*$", markdown, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_event_is_in_the_reference_with_its_current_signature(event: str) -> None:
+    documented = event_sections(HOOKS_MD.read_text())
+    assert event in documented, f"docs/hooks.md has no '#### `{event}`' section"
+    line = signature_line(event, getattr(Callback, event))
+    assert f"```python\n{line}\n```" in documented[event], (
+        f"docs/hooks.md's section on {event} lacks its current signature: {line}"
+    )
+
+
+def test_reference_documents_no_event_that_does_not_exist() -> None:
+    stale = set(event_sections(HOOKS_MD.read_text())) - set(EVENTS)
+    assert not stale, f"docs/hooks.md documents events that no longer exist: {sorted(stale)}"
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_event_has_a_test_that_implements_it(event: str) -> None:
+    pattern = re.compile(rf"^\s+def {event}\(self", flags=re.MULTILINE)
+    assert any(pattern.search(path.read_text()) for path in TEST_FILES), (
+        f"no test implements the event {event}: add a Callback overriding it to a test"
+    )

@@ -444,3 +444,71 @@ def test_eval_model_set_by_a_callback_is_what_evaluation_uses(tmp_path: Path) ->
     run = run_expt(make_plugins(("swap", TracePlugin(Swap()))), tmp_path / "runs")
     share_of_zero = float((tiny_splits().test_labels == 0).float().mean())
     assert epochs(run)[0]["test_accuracy"] == pytest.approx(share_of_zero)
+
+
+class ThirdParty(Callback):
+    """An optimizer, schedule, loss and early-stopping callback, all from one outside plugin."""
+
+    def __init__(self) -> None:
+        self.ended: list[str] = []
+        self.best = float("inf")
+
+    @hookimpl
+    def register_optimizers(self, register: Any) -> None:
+        def sign_sgd(model: torch.nn.Module, *, lr: float, weight_decay: float) -> Any:
+            class SignSGD(torch.optim.SGD):
+                @torch.no_grad()
+                def step(self, closure: Any = None) -> Any:
+                    for group in self.param_groups:
+                        for p in group["params"]:
+                            if p.grad is not None:
+                                p.grad.sign_()
+                    return super().step(closure)
+
+            return SignSGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+        register("sign-sgd", sign_sgd, description="SGD on the gradients' signs")
+
+    @hookimpl
+    def register_schedules(self, register: Any) -> None:
+        register("halving", lambda *, steps_per_epoch, **_: lambda s: 0.5 ** (s // steps_per_epoch))
+
+    @hookimpl
+    def register_losses(self, register: Any) -> None:
+        def squared(**_: Any) -> Any:
+            def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+                probs = logits.softmax(dim=1)
+                return ((probs - transforms.soft_targets(targets, probs.shape[1])) ** 2).mean()
+
+            return loss
+
+        register("squared", squared)
+
+    @hookimpl
+    def register_callbacks(self, register: Any) -> None:
+        register("stop-when-worse", lambda run: self)
+
+    def on_epoch_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
+        if metrics["test_loss"] >= self.best:
+            run.request_stop(f"test loss stopped improving at epoch {epoch}")
+        self.best = min(self.best, metrics["test_loss"])
+        if epoch == 2:  # a forced stop, whatever the loss did
+            run.request_stop("two epochs are enough")
+
+    def on_run_end(self, run: Any, state: str, metrics: Any) -> None:
+        self.ended.append(state)
+
+
+def test_a_third_party_optimizer_schedule_loss_and_early_stop(tmp_path: Path) -> None:
+    plugin = ThirdParty()
+    plugins = make_plugins(("outside", plugin))
+    run = run_expt(
+        plugins, tmp_path / "runs", epochs=4, optimizer="sign-sgd", lr=0.001,
+        schedule="halving", loss="squared", echo=lambda _: None,
+    )  # fmt: skip
+    rows = epochs(run)
+    assert [r["lr"] for r in rows] == pytest.approx([0.001, 0.0005][: len(rows)])
+    state = json.loads((run / "state.json").read_text())
+    assert state["state"] == "stopped" and len(rows) <= 2
+    assert plugin.ended == ["stopped"]
+    assert saved_config(run)["loss"] == "squared"
