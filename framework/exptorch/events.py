@@ -114,9 +114,7 @@ class Events:
         self.callbacks: dict[str, Callback] = dict(callbacks)
         self._listeners: dict[str, tuple[Callable[..., Any], ...]] = {
             event: tuple(
-                getattr(cb, event)
-                for cb in self.callbacks.values()
-                if _overrides(cb, event)
+                getattr(cb, event) for cb in self.callbacks.values() if _overrides(cb, event)
             )
             for event in EVENTS
         }
