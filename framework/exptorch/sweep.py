@@ -122,7 +122,9 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     shown = hide_password(url)
     connect_args = {"timeout": 60} if backend == "sqlite" else {"connect_timeout": 10}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args})
+        return optuna.storages.RDBStorage(
+            with_driver(url), engine_kwargs={"connect_args": connect_args}
+        )
     except ImportError as exc:
         if backend == "postgresql":
             raise ExptError(
@@ -132,6 +134,25 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     except sqlalchemy.exc.SQLAlchemyError as exc:
         cause = getattr(exc, "orig", None) or exc
         raise ExptError(f"Cannot reach storage {shown}: {first_line(cause)}.") from None
+
+
+def with_driver(url: str) -> str:
+    """A plain ``postgresql://`` URL with the driver that is installed.
+
+    SQLAlchemy's default PostgreSQL driver is psycopg2 up to 2.0 and psycopg (3) from
+    2.1; ``exptorch[postgres]`` installs psycopg, and either one works.
+    """
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.drivername != "postgresql":
+        return url
+    for module, driver in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return parsed.set(drivername=driver).render_as_string(hide_password=False)
+    return url
 
 
 @contextlib.contextmanager
@@ -224,7 +245,7 @@ def open_sweep(
     check_name(name)
     folder = runs_dir / name
     record = read_json(folder / RECORD) if (folder / RECORD).is_file() else None
-    if record is None and folder.exists() and any(folder.iterdir()):
+    if record is None and folder.exists() and _foreign(folder):
         raise ExptError(f"{folder} exists and is not a sweep folder; choose another --name.")
     if record is not None:
         _check_same_file(record, spec, folder)
@@ -264,6 +285,11 @@ def open_sweep(
             },
         )
     return Sweep(name=name, folder=folder, spec=spec, url=url, storage=rdb, study=study)
+
+
+def _foreign(folder: Path) -> bool:
+    """Whether ``folder`` holds anything but the files of a sweep that is being created."""
+    return any(not p.name.startswith(DEFAULT_DB) for p in folder.iterdir())
 
 
 def _check_same_file(record: Mapping[str, Any], spec: SweepSpec, folder: Path) -> None:
@@ -568,6 +594,8 @@ def run_trial(
     if run_name != claim.run_name:
         trial.set_user_attr(RUN_ATTR, run_name)
     config = trial_config(sweep, plugins, claim.params, run_name, device=device)
+    if point is not None:  # the seed it was drawn with (a resumed run keeps its seed)
+        config.seed = point.checkpoint.config.get("seed", config.seed)
     pruning = SweepPruning(trial, sweep.spec.metric, sweep.spec.pruner)
     plugin_name = f"expt-sweep-trial-{claim.number}"
     plugins.add(pruning, plugin_name)

@@ -1,0 +1,654 @@
+"""``expt sweep``: the sweep file's checks, trials as run folders, pruning, the exact budget
+across processes (SQLite and a real PostgreSQL server), resume after Ctrl-C and kill, show
+and plot. Trials are tiny real runs on the bundled Fashion-MNIST sample."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import EXPT
+from exptorch.errors import ExptError
+from exptorch.sweep import hide_password, open_sweep, trial_config
+from exptorch.sweep_file import read_sweep
+
+optuna = pytest.importorskip("optuna")
+
+TINY = """\
+dataset = "fashion-mnist-sample"
+epochs = 1
+limit-train-batches = 2
+limit-eval-batches = 1
+batch-size = 32
+"""
+
+
+def write_sweep(
+    folder: Path,
+    sweep: str = 'trials = 2\nsampler = "random"\nseed = 0',
+    params: str = "lr = { log-uniform = [0.001, 0.1] }",
+    base: str = TINY,
+    name: str = "sweep.toml",
+) -> Path:
+    path = folder / name
+    path.write_text(f"{base}\n[sweep]\n{sweep}\n\n[sweep.parameters]\n{params}\n")
+    return path
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "EXPT_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
+def expt_sweep(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*EXPT, "sweep", *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"expt sweep {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def show_json(cwd: Path, name: str, *args: str) -> dict:
+    return json.loads(expt_sweep(cwd, "show", name, "--json", *args).stdout)
+
+
+# -- the sweep file: one sentence for each mistake, before anything is written --------------
+
+
+@pytest.mark.parametrize(
+    ("sweep", "params", "base", "message"),
+    [
+        (
+            "trials = 2\nsamples = 3",
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY,
+            "Unknown key 'samples' in the [sweep] table",
+        ),
+        (
+            "trials = 2",
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY + "colour = 3\n",
+            "Unknown key 'colour' in config file",
+        ),
+        (
+            "trials = 2",
+            "learning-rate = { uniform = [0.01, 0.1] }",
+            TINY,
+            "Sweep parameter 'learning-rate' is not a run option",
+        ),
+        ("trials = 2", "lr = { uniform = [0.1, 0.01] }", TINY, "is empty or reversed"),
+        ("trials = 2", "lr = { uniform = [0.1, 0.1] }", TINY, "is empty or reversed"),
+        ("trials = 2", "momentum = { choice = [] }", TINY, "choice needs at least one value"),
+        ("trials = 2", "lr = { log-uniform = [0.0, 0.1] }", TINY, "positive low end"),
+        ("trials = 2", "lr = { uniform = [0.0, 0.1] }", TINY, "--lr must be positive"),
+        (
+            "trials = 2",
+            'momentum = { choice = [0.9, "big"] }',
+            TINY,
+            "Sweep parameter momentum = 'big' is not a valid setting",
+        ),
+        ("trials = 2", "log-every = { int = [1.5, 3] }", TINY, "int needs two integers"),
+        ("trials = 2", "lr = { uniform = [0.01, 0.1], step = 0.2 }", TINY, "wider than the range"),
+        ("trials = 2", "lr = { uniform = [0.01, 0.1], log = true }", TINY, "unknown or misplaced"),
+        ("trials = 2", "lr = [0.01, 0.1]", TINY, "needs exactly one of choice"),
+        ("trials = 2", "name = { choice = ['a', 'b'] }", TINY, "name cannot be swept"),
+        (
+            "trials = 2",
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY + "lr = 0.1\n",
+            "lr is both a base setting and a swept parameter",
+        ),
+        (
+            "trials = 2",
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY + 'runs-dir = "x"\n',
+            "sets 'runs-dir'",
+        ),
+        (
+            'trials = 2\ndirection = "up"',
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY,
+            "direction must be maximize or minimize, not 'up'",
+        ),
+        (
+            'trials = 2\nsampler = "cmaes"',
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY,
+            "sampler must be one of grid, random, tpe, not 'cmaes'",
+        ),
+        (
+            'trials = 2\npruner = "sha"',
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY,
+            "pruner must be one of none, median, hyperband",
+        ),
+        (
+            'trials = 2\nmetric = "val_accuracy"',
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY,
+            "Metric 'val_accuracy' of",
+        ),
+        (
+            "trials = 0",
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY,
+            "trials must be an integer of at least 1",
+        ),
+        (
+            'timeout = "soon"',
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY,
+            "timeout must be a positive duration",
+        ),
+        ('sampler = "tpe"', "lr = { uniform = [0.01, 0.1] }", TINY, "Give the sweep a budget"),
+        (
+            'sampler = "grid"',
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY,
+            "The grid sampler needs a finite set of values",
+        ),
+        (
+            'sampler = "grid"\ntrials = 5',
+            "momentum = { choice = [0.0, 0.9] }",
+            TINY,
+            "more than the grid's 2 points",
+        ),
+        (
+            "trials = 2",
+            "lr = { uniform = [0.01, 0.1] }",
+            TINY.replace("fashion-mnist-sample", "mnist"),
+            "Unknown dataset 'mnist'",
+        ),
+    ],
+)
+def test_sweep_file_mistakes_are_one_sentence(
+    tmp_path: Path, plugins, sweep: str, params: str, base: str, message: str
+) -> None:
+    path = write_sweep(tmp_path, sweep, params, base)
+    with pytest.raises(ExptError) as info:
+        read_sweep(path, plugins)
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text and str(tmp_path / "expt-sweep-") not in text
+
+
+def test_sweep_file_spaces_and_defaults(tmp_path: Path, plugins) -> None:
+    path = write_sweep(
+        tmp_path,
+        'sampler = "grid"\nmetric = "test_loss"',
+        "batch-size = { int = [32, 96], step = 32 }\nmomentum = { choice = [0.0, 0.9] }",
+        base=TINY.replace("batch-size = 32\n", 'recipe = "fast"\n'),
+    )
+    spec = read_sweep(path, plugins)
+    assert spec.direction == "minimize"  # test_loss: lower is better
+    assert spec.trials == 6  # the whole grid, the first parameter varying slowest
+    assert spec.grid is not None and spec.grid[:3] == [
+        {"batch-size": 32, "momentum": 0.0},
+        {"batch-size": 32, "momentum": 0.9},
+        {"batch-size": 64, "momentum": 0.0},
+    ]
+    # the base keeps the recipe under the file's own keys, as `expt run --config` does
+    assert spec.base["recipe"] == "fast"
+
+
+def test_metric_plugins_add_their_test_metric(tmp_path: Path, make_plugins) -> None:
+    from exptorch import hookimpl
+
+    class F1Metric:
+        @hookimpl
+        def register_metrics(self, register):
+            register("macro-f1", object)
+
+    plugins = make_plugins(("f1", F1Metric()))
+    if "metric" not in plugins.registry:
+        pytest.skip("this exptorch has no metric plugins yet")
+    path = write_sweep(tmp_path, 'trials = 1\nmetric = "test_macro_f1"\ndirection = "maximize"')
+    assert read_sweep(path, plugins).metric == "test_macro_f1"
+
+
+def test_cli_refuses_a_bad_sweep_file_before_any_trial(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, "trials = 2", "lr = { uniform = [0.1, 0.01] }")
+    result = expt_sweep(tmp_path, "run", str(path), "--name", "s", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "empty or reversed" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("not a url", "is not a database URL"),
+        ("mysql://u:pw@127.0.0.1/db", "is a mysql URL"),
+        ("sqlite://", "in-memory database"),
+        ("postgresql://expt:hunter2@127.0.0.1:1/db", "Cannot reach storage"),
+    ],
+)
+def test_bad_or_unreachable_storage_is_refused(
+    tmp_path: Path, plugins, storage: str, message: str
+) -> None:
+    if not _postgres_driver():
+        pytest.skip("no PostgreSQL driver: pip install 'exptorch[postgres]'")
+    spec = read_sweep(write_sweep(tmp_path), plugins)
+    with pytest.raises(ExptError) as info:
+        open_sweep(spec, name="s", runs_dir=tmp_path / "runs", storage=storage, epochs=1)
+    assert message in str(info.value)
+    assert "hunter2" not in str(info.value)
+    assert not (tmp_path / "runs" / "s").exists()
+
+
+def test_hide_password() -> None:
+    assert hide_password("postgresql://me:s3cret@db:5432/x") == "postgresql://me:***@db:5432/x"
+
+
+# -- trials are run folders; budget, clash, extension ----------------------------------------
+
+
+def test_sweep_runs_trials_as_run_folders_and_continues_to_a_new_budget(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, 'trials = 2\nsampler = "tpe"\nseed = 1')
+    first = expt_sweep(tmp_path, "run", str(path), "--name", "s")
+    assert "trial 0 started (trial-0000)" in first.stdout
+    folder = tmp_path / "runs" / "s"
+    assert sorted(p.name for p in folder.glob("trial-*")) == ["trial-0000", "trial-0001"]
+    for trial in folder.glob("trial-*"):
+        state = json.loads((trial / "state.json").read_text())
+        assert state["state"] == "finished"
+        config = json.loads((trial / "config.json").read_text())["config"]
+        assert tmp_path / config["runs_dir"] == folder and config["name"] == trial.name
+        assert 0.001 <= config["lr"] <= 0.1
+    # `expt runs` works on a sweep's trials as on any run
+    runs = subprocess.run(
+        [*EXPT, "runs", "list", "--runs-dir", str(folder), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env(),
+    )
+    assert {r["name"] for r in json.loads(runs.stdout)} == {"trial-0000", "trial-0001"}
+
+    again = expt_sweep(tmp_path, "run", str(path), "--name", "s")  # budget spent: nothing to do
+    assert "started" not in again.stdout
+    assert len(list(folder.glob("trial-*"))) == 2
+
+    # Another search under the same name is refused; a larger budget continues the sweep.
+    other = write_sweep(
+        tmp_path,
+        'trials = 2\nsampler = "tpe"\nseed = 1',
+        "lr = { log-uniform = [0.001, 0.2] }",
+        name="other.toml",
+    )
+    clash = expt_sweep(tmp_path, "run", str(other), "--name", "s", check=False)
+    assert clash.returncode == 1
+    assert "was started from another sweep file" in clash.stderr
+    assert "parameters differ" in clash.stderr
+    path.write_text(path.read_text().replace("trials = 2", "trials = 3"))
+    expt_sweep(tmp_path, "run", str(path), "--name", "s")
+    board = show_json(tmp_path, "s")
+    assert [t["state"] for t in board["trials"]] == ["complete"] * 3
+    values = [t["value"] for t in board["trials"]]
+    assert values == sorted(values, reverse=True)  # maximize: best first
+    command = board["best"]["command"]
+    assert command.startswith("expt run ") and "--dataset fashion-mnist-sample" in command
+    assert "--seed " in command
+    text = expt_sweep(tmp_path, "show", "s").stdout
+    assert "trial  lr" in text and "complete" in text and "best: trial" in text
+
+
+def test_best_command_reproduces_the_best_trial(tmp_path: Path) -> None:
+    path = write_sweep(
+        tmp_path,
+        'trials = 1\nsampler = "random"\nseed = 3',
+        "momentum = { choice = [0.5] }\nlr = { uniform = [0.01, 0.05] }",
+    )
+    expt_sweep(tmp_path, "run", str(path), "--name", "s")
+    best = show_json(tmp_path, "s")["best"]
+    args = best["command"].split()[2:]
+    subprocess.run(
+        [*EXPT, "run", *args, "--runs-dir", "again", "--name", "b", "--device", "cpu"],
+        cwd=tmp_path,
+        env=env(),
+        check=True,
+        capture_output=True,
+    )
+    again = [
+        json.loads(line) for line in (tmp_path / "again/b/metrics.jsonl").read_text().splitlines()
+    ]
+    assert again[-1]["test_accuracy"] == pytest.approx(best["value"], abs=1e-6)
+
+
+def test_pruned_trial_keeps_its_folder_and_shows_as_pruned(tmp_path: Path) -> None:
+    # Grid order is the file's: lr 0.01 learns, then 1e-7 does not and is pruned after epoch 1.
+    base = TINY.replace("epochs = 1", "epochs = 2").replace(
+        "limit-train-batches = 2", "limit-train-batches = 15"
+    )
+    path = write_sweep(
+        tmp_path,
+        'sampler = "grid"\npruner = "median"\npruner-startup-trials = 1',
+        "lr = { choice = [0.01, 1e-7] }",
+        base=base + "momentum = 0.9\nseed = 0\n",
+    )
+    expt_sweep(tmp_path, "run", str(path), "--name", "p")
+    board = show_json(tmp_path, "p")
+    states = {t["trial"]: (t["state"], t["epochs"], t["params"]["lr"]) for t in board["trials"]}
+    assert states == {0: ("complete", 2, 0.01), 1: ("pruned", 1, 1e-7)}
+    state = json.loads((tmp_path / "runs/p/trial-0001/state.json").read_text())
+    assert state["state"] == "stopped" and "pruned by the sweep" in state["stop_reason"]
+    assert "pruned" in expt_sweep(tmp_path, "show", "p").stdout
+
+
+def test_trial_config_groups_wandb_runs_by_sweep(tmp_path: Path, plugins) -> None:
+    path = write_sweep(tmp_path, base=TINY + 'logger = ["wandb"]\n')
+    sweep = open_sweep(
+        read_sweep(path, plugins), name="grouped", runs_dir=tmp_path, storage=None, epochs=1
+    )
+    config = trial_config(sweep, plugins, {"lr": 0.02}, "trial-0000", device="cpu")
+    assert config.options["wandb_group"] == "grouped"
+    assert config.lr == 0.02 and config.name == "trial-0000" and config.device == "cpu"
+
+
+# -- the budget is spent exactly once, however many processes pull trials -----------------------
+
+CLAIMER = r"""
+import sys
+import time
+from pathlib import Path
+from exptorch.plugins import load_plugins
+from exptorch.sweep import claim_next, open_sweep
+from exptorch.sweep_file import read_sweep
+
+plugins = load_plugins(environ={"EXPT_DISABLE_PLUGIN_AUTOLOAD": "1"})
+spec = read_sweep(Path(sys.argv[1]), plugins)
+sweep = open_sweep(spec, name="race", runs_dir=Path(sys.argv[2]), storage=sys.argv[3] or None,
+                   epochs=1)
+claimed = []
+time.sleep(max(0.0, float(sys.argv[5]) - time.time()))  # all processes ask at the same moment
+while (claim := claim_next(sweep, worker=int(sys.argv[4]))) is not None:
+    claimed.append(claim.number)
+    sweep.study.tell(claim.number, float(claim.number))
+print("CLAIMED", claimed)
+"""
+
+
+def race(tmp_path: Path, plugins, storage: str | None, processes: int = 6, trials: int = 5):
+    """Processes that all start claiming at one moment, with fewer trials than processes."""
+    path = write_sweep(tmp_path, f'trials = {trials}\nsampler = "random"\nseed = 0')
+    runs = tmp_path / "runs"
+    # the sweep exists before the race starts, as after `expt sweep run` created it
+    open_sweep(read_sweep(path, plugins), name="race", runs_dir=runs, storage=storage, epochs=1)
+    start = time.time() + 8  # after every process has imported optuna and opened the study
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CLAIMER,
+                str(path),
+                str(runs),
+                storage or "",
+                str(i),
+                str(start),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
+        for i in range(processes)
+    ]
+    claimed = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        claimed += json.loads(out.split("CLAIMED", 1)[1].strip())
+    return claimed
+
+
+def test_budget_is_exact_across_processes_on_sqlite(tmp_path: Path, plugins) -> None:
+    claimed = race(tmp_path, plugins, storage=None)
+    assert sorted(claimed) == list(range(5))
+    study = optuna.load_study(study_name="race", storage=f"sqlite:///{tmp_path}/runs/race/sweep.db")
+    assert len(study.trials) == 5
+
+
+# -- a real PostgreSQL server, started for these tests ------------------------------------------
+
+
+def _postgres_driver() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("psycopg", "psycopg2"))
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server on 127.0.0.1 in a temporary folder, with a password; stopped after."""
+    bin_dir = _postgres_bin()
+    missing = None
+    if bin_dir is None:
+        missing = (
+            "the PostgreSQL server (initdb, pg_ctl) is not installed: apt-get install postgresql"
+        )
+    else:
+        if not _postgres_driver():
+            missing = "no PostgreSQL driver is installed: pip install 'exptorch[postgres]'"
+    if missing:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must run the PostgreSQL tests, but {missing}")
+        pytest.skip(missing)
+    assert bin_dir is not None
+    root = Path(tempfile.mkdtemp(prefix="expt-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as `postgres`
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    (root / "pw").write_text("s3cret\n")
+    if as_user:
+        os.chown(root / "pw", user.pw_uid, user.pw_gid)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    subprocess.run(
+        [
+            *as_user,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "expt",
+            "--pwfile",
+            str(root / "pw"),
+            "--auth",
+            "scram-sha-256",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=60"
+    subprocess.run(
+        [
+            *as_user,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(root / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://expt:s3cret@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_budget_is_exact_across_processes_on_postgresql(
+    tmp_path: Path, plugins, postgres_url: str
+) -> None:
+    claimed = race(tmp_path, plugins, storage=postgres_url)
+    assert sorted(claimed) == list(range(5))
+    assert len(optuna.load_study(study_name="race", storage=postgres_url).trials) == 5
+
+
+def test_two_expt_processes_share_one_postgresql_sweep(tmp_path: Path, postgres_url: str) -> None:
+    path = write_sweep(tmp_path, 'trials = 4\nsampler = "tpe"\nseed = 0')
+    shown = postgres_url.replace("s3cret", "***")
+    procs = [
+        subprocess.Popen(
+            [
+                *EXPT,
+                "sweep",
+                "run",
+                str(path),
+                "--name",
+                "shared",
+                "--runs-dir",
+                f"machine{i}",
+                "--storage",
+                postgres_url,
+            ],
+            cwd=tmp_path,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out + err
+        assert "s3cret" not in out + err
+    folders = sorted(p.name for p in tmp_path.glob("machine*/shared/trial-*"))
+    assert folders == ["trial-0000", "trial-0001", "trial-0002", "trial-0003"]
+    for i in range(2):
+        record = json.loads((tmp_path / f"machine{i}/shared/sweep.json").read_text())
+        assert record["storage"] == shown  # the password never reaches the disk
+    board = show_json(tmp_path, "shared", "--runs-dir", "machine0", "--storage", postgres_url)
+    assert sorted(t["trial"] for t in board["trials"]) == [0, 1, 2, 3]
+    assert {t["state"] for t in board["trials"]} == {"complete"}
+    # without the URL, the sweep folder says where its trials are (and not the password)
+    refused = expt_sweep(tmp_path, "show", "shared", "--runs-dir", "machine0", check=False)
+    assert refused.returncode == 1 and shown in refused.stderr and "s3cret" not in refused.stderr
+
+
+# -- Ctrl-C and kill: finished trials are kept, interrupted ones resume from their checkpoint ----
+
+
+def _wait_for(paths: list[Path], proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the trials never reached their first checkpoint"
+        time.sleep(0.02)
+
+
+LONG = TINY.replace("epochs = 1", "epochs = 3").replace(
+    "limit-train-batches = 2", "limit-train-batches = 25"
+)
+
+
+def test_killed_sweep_resumes_its_trial_from_the_checkpoint(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, 'trials = 2\nsampler = "random"\nseed = 0', base=LONG)
+    args = [*EXPT, "sweep", "run", str(path), "--name", "k"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, text=True)
+    trial = tmp_path / "runs/k/trial-0000"
+    _wait_for([trial / "checkpoints/epoch-001.pt"], proc)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: the storage still says RUNNING
+    proc.communicate()
+    newest = sorted((trial / "checkpoints").iterdir())[-1].name
+    assert newest != "epoch-003.pt"
+
+    again = expt_sweep(tmp_path, "run", str(path), "--name", "k")
+    assert "trial 0 resumed (trial-0000)" in again.stdout
+    assert f"resuming from {newest}" in again.stdout
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (trial / "metrics.jsonl").read_text().splitlines()
+        if "test_accuracy" in line
+    ]
+    assert epochs == [1, 2, 3]  # each epoch once: resumed, not started again
+    assert json.loads((trial / "config.json").read_text())["resumed"]
+    board = show_json(tmp_path, "k")
+    assert sorted((t["trial"], t["state"]) for t in board["trials"]) == [
+        (0, "complete"),
+        (1, "complete"),
+    ]
+    assert sorted(p.name for p in (tmp_path / "runs/k").glob("trial-*")) == [
+        "trial-0000",
+        "trial-0001",
+    ]
+
+
+def test_ctrl_c_stops_every_worker_resumably(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, 'trials = 2\nsampler = "random"\nseed = 0', base=LONG)
+    args = [*EXPT, "sweep", "run", str(path), "--name", "c", "--workers", "2"]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    folder = tmp_path / "runs/c"
+    _wait_for([folder / f"trial-000{i}/checkpoints/epoch-001.pt" for i in range(2)], proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Continue it with: expt sweep run" in err
+    for i in range(2):
+        state = json.loads((folder / f"trial-000{i}/state.json").read_text())
+        assert state["state"] == "interrupted", state
+    assert show_json(tmp_path, "c")["trials"][0]["state"] == "interrupted"
+
+    again = expt_sweep(tmp_path, "run", str(path), "--name", "c")
+    assert again.stdout.count("resumed (trial-000") == 2
+    board = show_json(tmp_path, "c")
+    assert [t["state"] for t in board["trials"]] == ["complete", "complete"]
+
+
+# -- plot ------------------------------------------------------------------------------------------
+
+
+def test_plot_writes_three_pngs(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = write_sweep(
+        tmp_path,
+        'trials = 3\nsampler = "random"\nseed = 0',
+        "lr = { log-uniform = [0.001, 0.1] }\nmomentum = { choice = [0.0, 0.9] }",
+    )
+    expt_sweep(tmp_path, "run", str(path), "--name", "s")
+    out = expt_sweep(tmp_path, "plot", "s", "--output", "plots").stdout.split()
+    names = sorted(Path(p).name for p in out)
+    assert names == ["optimization-history.png", "parallel-coordinate.png", "param-importances.png"]
+    for name in names:
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
