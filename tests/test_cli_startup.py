@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "torchvision", "tensorboard", "wandb")
+HEAVY = ("torch", "torchvision", "tensorboard", "wandb", "optuna", "sqlalchemy")
 
 PROBE = """
 import sys
@@ -33,6 +33,9 @@ print("HEAVY", heavy)
         ["plugins", "show", "vgg16"],
         ["plugins", "show", "folder", "--json"],
         ["recipes"],
+        ["sweep", "--help"],
+        ["sweep", "run", "--help"],
+        ["sweep", "show", "--help"],
     ],
 )
 def test_cli_start_up_imports_no_heavy_library(args: list[str]) -> None:
