@@ -351,13 +351,17 @@ def make_pruner(spec: SweepSpec, epochs: int) -> optuna.pruners.BasePruner:
 def make_sampler(spec: SweepSpec, index: int) -> optuna.samplers.BaseSampler:
     """The sampler for the ``index``-th trial of the study.
 
-    Made afresh for every trial with the seed ``seed + index``: Optuna's samplers keep
+    Made afresh for every trial, seeded from ``(seed, index)``: Optuna's samplers keep
     their state in the storage, and one seed per trial keeps parallel workers from
-    drawing the same random points while the sequence stays reproducible.
+    drawing the same random points while the sequence stays reproducible. The seed is
+    hashed: consecutive seeds give NumPy generators nearly equal first draws.
     """
     import optuna
 
-    seed = None if spec.seed is None else spec.seed + index
+    seed = None
+    if spec.seed is not None:
+        digest = hashlib.sha256(f"exptorch sweep {spec.seed} {index}".encode()).digest()
+        seed = int.from_bytes(digest[:4], "big")
     if spec.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)  # grid: the points are enqueued
