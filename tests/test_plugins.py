@@ -292,6 +292,30 @@ def register_commands(cli):
     def hello(who):
         \"\"\"Say hello.\"\"\"
         click.echo(f"hello {who}")
+
+    @cli.command("optimizers")
+    def optimizers():
+        \"\"\"List the optimizers expt knows.\"\"\"
+        from exptorch import current_plugins
+
+        click.echo(" ".join(current_plugins().names("optimizer")))
+"""
+
+CALLBACK_ONLY_PLUGIN = """
+from exptorch import Callback, Option, hookimpl
+
+class Patience(Callback):
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+@hookimpl
+def register_callbacks(register):
+    register(
+        "patience",
+        lambda run, patience_epochs=None: Patience(patience_epochs) if patience_epochs else None,
+        description="stop when the test loss stops improving",
+        options=[Option("patience_epochs", None, "Epochs to wait.", int, minimum=1)],
+    )
 """
 
 
@@ -303,6 +327,30 @@ def test_register_commands_adds_a_command(expt, tmp_path: Path) -> None:
     assert expt("hello", "world", env=env, check=True).stdout == "hello world\n"
     assert "hello" in expt("--help", env=env, check=True).stdout
     assert expt("hello", "world").returncode == 2  # not installed: no such command
+    # a plugin's command reaches the registry through the public API
+    assert expt("optimizers", env=env, check=True).stdout.split() == ["adam", "adamw", "sgd"]
+    listed = json.loads(expt("plugins", "--json", env=env, check=True).stdout)
+    row = next(r for r in listed["plugins"] if r["name"] == "hello")
+    assert row["registered"] == {"command": ["hello", "optimizers"]}
+    assert "commands:            hello, optimizers" in expt("plugins", env=env, check=True).stdout
+    shown = expt("plugins", "show", "hello", env=env, check=True).stdout
+    assert "command hello: Say hello." in shown
+
+
+def test_a_plugin_that_only_adds_a_callback_is_listed_with_its_options(expt, tmp_path) -> None:
+    site = make_distribution(
+        tmp_path / "site", "expt-patience", {"patience": "patience_plugin"},
+        {"patience_plugin": CALLBACK_ONLY_PLUGIN},
+    )  # fmt: skip
+    env = {"PYTHONPATH": str(site)}
+    assert "callbacks:           patience" in expt("plugins", env=env, check=True).stdout
+    shown = expt("plugins", "show", "patience", env=env, check=True).stdout
+    assert "callback patience: stop when the test loss stops improving" in shown
+    assert "--patience-epochs INTEGER" in shown
+    bad = expt("run", "--dataset", "fashion-mnist-sample", "--patience-epochs", "0", env=env)
+    assert bad.returncode == 1
+    assert "--patience-epochs must be at least 1, not 0." in bad.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 class EverythingPlugin:

@@ -50,12 +50,27 @@ class ExptGroup(click.Group):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._plugins: Plugins | None = None
+        self._adding_for: str | None = None
+        #: Which plugin added each command (``expt plugins`` lists them).
+        self.command_plugins: dict[str, str] = {}
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        super().add_command(cmd, name)
+        if self._adding_for is not None:
+            self.command_plugins[name or str(cmd.name)] = self._adding_for
+
+    def _cli_for(self, plugin: str) -> dict[str, Any]:
+        self._adding_for = plugin
+        return {"cli": self}
 
     @property
     def plugins(self) -> Plugins:
         if self._plugins is None:
             self._plugins = load_plugins()
-            self._plugins.call_each("register_commands", lambda _plugin: {"cli": self})
+            try:
+                self._plugins.call_each("register_commands", self._cli_for)
+            finally:
+                self._adding_for = None
             add_plugin_options(run_command, self._plugins)
             add_plugin_options(eval_command, self._plugins, kinds=("dataset",))
         return self._plugins
@@ -357,12 +372,19 @@ def _plugins(ctx: click.Context) -> Plugins:
     return root.plugins
 
 
+def _command_plugins() -> dict[str, str]:
+    """Which plugin added each ``expt`` command (through ``register_commands``)."""
+    return dict(getattr(cli, "command_plugins", {}))
+
+
 def describe_plugins(plugins: Plugins) -> dict[str, Any]:
     """What ``expt plugins --json`` prints: every plugin, what it registered, and problems."""
     registered: dict[str, dict[str, list[str]]] = {}
     for kind, table in plugins.registry.items():
         for reg in table.values():
             registered.setdefault(reg.plugin, {}).setdefault(kind, []).append(reg.name)
+    for command, plugin in sorted(_command_plugins().items()):
+        registered.setdefault(plugin, {}).setdefault("command", []).append(command)
     rows = []
     for name, plugin in plugins.pm.list_name_plugin():
         if plugin is None:
@@ -404,7 +426,7 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
     for row in info["plugins"]:
         version = f" {row['version']}" if row["version"] else ""
         click.echo(f"{row['name']} ({row['distribution']}{version})")
-        for kind in KINDS:
+        for kind in (*KINDS, "command"):
             names = row["registered"].get(kind)
             if names:
                 click.echo(f"  {kind + 's:':20} {', '.join(sorted(names))}")
@@ -449,6 +471,14 @@ def describe_plugin(plugins: Plugins, name: str) -> dict[str, Any]:
         for reg in table.values()
         if reg.plugin == plugin
     ]
+    for command, owner in sorted(_command_plugins().items()):
+        if owner == plugin:
+            help_text = (
+                (cli.commands[command].get_short_help_str(80)) if command in cli.commands else ""
+            )
+            registrations.append(
+                {"kind": "command", "name": command, "description": help_text, "options": []}
+            )
     hooks = plugins.pm.get_hookcallers(plugins.pm.get_plugin(plugin)) or []
     return {
         "name": plugin,
