@@ -383,8 +383,8 @@ def describe_plugins(plugins: Plugins) -> dict[str, Any]:
     for kind, table in plugins.registry.items():
         for reg in table.values():
             registered.setdefault(reg.plugin, {}).setdefault(kind, []).append(reg.name)
-    for command, plugin in sorted(_command_plugins().items()):
-        registered.setdefault(plugin, {}).setdefault("command", []).append(command)
+    for command, owner in sorted(_command_plugins().items()):
+        registered.setdefault(owner, {}).setdefault("command", []).append(command)
     rows = []
     for name, plugin in plugins.pm.list_name_plugin():
         if plugin is None:
