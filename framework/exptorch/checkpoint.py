@@ -211,8 +211,10 @@ def build_model(plugins: Plugins, checkpoint: Checkpoint) -> torch.nn.Module:
         if opt.initial_weights or opt.name not in options:
             options[opt.name] = opt.default
     model: torch.nn.Module = reg.factory(info, **options)
+    # A run evaluated with other weights of the same model (an EMA) saved them for prediction.
+    weights = checkpoint.extra.get("eval_model_state") or checkpoint.model_state
     try:
-        model.load_state_dict(checkpoint.model_state)
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise ExptError(
             f"The checkpoint's weights do not fit model {meta['model']!r} as this install "

@@ -344,6 +344,9 @@ class Trainer:
         callbacks = self.events.state_dict()
         if callbacks:
             extra["callbacks"] = callbacks
+        evaluated = self.eval_weights()
+        if evaluated is not None:
+            extra["eval_model_state"] = evaluated
         checkpoint = Checkpoint(
             model_state=run.model.state_dict(),
             optimizer_state=self.optimizer.state_dict(),
@@ -357,6 +360,14 @@ class Trainer:
         within = position["epoch"] if position else completed
         filename = checkpoint_name(within, self.fmt.suffix, run.step if position else None)
         return save_checkpoint(self.fmt, checkpoint, self.run_dir.checkpoints / filename)
+
+    def eval_weights(self) -> dict[str, Any] | None:
+        """The evaluation model's weights, when a callback set one shaped like the model."""
+        eval_model = self.run.eval_model
+        if eval_model is None or eval_model is self.run.model:
+            return None
+        state: dict[str, Any] = eval_model.state_dict()
+        return state if state.keys() == self.run.model.state_dict().keys() else None
 
     # --- signals ----------------------------------------------------------------------------
 

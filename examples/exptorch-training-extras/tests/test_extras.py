@@ -113,3 +113,15 @@ def test_options_are_validated(expt_run) -> None:
         expt_run(grad_log_every=0)
     with pytest.raises(ExptError, match="--lion-beta1 belongs to optimizer 'lion'"):
         expt_run(lion_beta1=0.5)
+
+
+def test_predict_and_eval_use_the_ema_weights(expt_plugins, expt_run) -> None:
+    from exptorch.checkpoint import load_trained
+
+    run = expt_run(ema_decay=1.0, epochs=1, lr=0.05)  # the average stays the initial weights
+    saved = checkpoint(run, 1)
+    trained = load_trained(expt_plugins, run / "checkpoints" / "epoch-001.pt", device="cpu")
+    loaded = trained.model.state_dict()
+    average = saved["extra"]["callbacks"]["ema"]["average"]
+    assert all(torch.equal(loaded[k], average[k]) for k in loaded)
+    assert any(not torch.equal(loaded[k], saved["model_state"][k]) for k in loaded)
