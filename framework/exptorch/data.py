@@ -1,13 +1,14 @@
-"""Batches from in-memory uint8 tensors: slice, move, augment, convert and normalise per batch.
+"""Batches from in-memory uint8 tensors: slice, move, convert and normalise per batch.
 
 Decoding happens once, in the dataset plugin; per step the loop only gathers a
 batch of ``uint8`` images, copies it to the device and does everything else
-there, on whole batches: random crops and flips for training, conversion to
-float, normalisation, and the memory format. On a GPU the whole uint8 dataset
-can live in device memory (CIFAR-10 is 150 MB), so a step copies nothing.
+there, on whole batches: conversion to float, normalisation, and the memory
+format (batch transforms such as ``crop-flip`` run after, in the loop). On a GPU
+the whole uint8 dataset can live in device memory (CIFAR-10 is 150 MB), so a step
+copies nothing.
 
-The order of each epoch and its augmentation come from a generator seeded with
-``(seed, epoch)``, so a resumed run sees exactly the batches it would have seen.
+The order of each epoch comes from a generator seeded with ``(seed, epoch)``, so
+a resumed run sees exactly the batches it would have seen.
 Under DDP every rank draws the same permutation and takes its own stride of it.
 """
 
@@ -24,7 +25,7 @@ DATA_ON_DEVICE = ("auto", "on", "off")
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The random generator for one epoch's shuffle and augmentation."""
+    """The random generator for one epoch's shuffle."""
     import torch
 
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -54,18 +55,6 @@ def random_crop_flip(
     return padded[batch, channel, rows, cols]
 
 
-def skip_crop_flip(n: int, generator: torch.Generator, padding: int = 4) -> None:
-    """Draw the random numbers :func:`random_crop_flip` would draw for ``n`` images.
-
-    A run resumed inside an epoch skips the batches it already trained on; drawing
-    their numbers keeps the augmentation of the later batches exactly the same.
-    """
-    import torch
-
-    torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
-    torch.rand(n, generator=generator)
-
-
 def fits_on_device(nbytes: int, device: torch.device, fraction: float = 0.25) -> bool:
     """Whether ``nbytes`` can stay on ``device`` using at most ``fraction`` of its free memory."""
     import torch
@@ -91,7 +80,6 @@ class Batches:
         shuffle: bool,
         seed: int = 0,
         limit: int | None = None,
-        augment: bool = False,
         channels_last: bool = False,
         data_on_device: str = "auto",
         rank: int = 0,
@@ -104,7 +92,6 @@ class Batches:
         self.shuffle = shuffle
         self.seed = seed
         self.limit = limit
-        self.augment = augment
         self.channels_last = channels_last
         self.rank = rank
         self.world_size = world_size
@@ -165,8 +152,6 @@ class Batches:
             lo = i * self.batch_size
             hi = min(lo + self.batch_size, self.num_samples)
             if i < self.start:
-                if self.augment:
-                    skip_crop_flip(hi - lo, generator)
                 continue
             if order is None:
                 x, y = self.images[lo:hi], self.labels[lo:hi]
@@ -175,6 +160,4 @@ class Batches:
                 x, y = self.images[idx], self.labels[idx]
             x = x.to(self.device, non_blocking=non_blocking)
             y = y.to(self.device, non_blocking=non_blocking)
-            if self.augment:
-                x = random_crop_flip(x, generator)
             yield self.normalise(x), y
