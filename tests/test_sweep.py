@@ -22,7 +22,7 @@ import pytest
 
 from conftest import EXPT
 from exptorch.errors import ExptError
-from exptorch.sweep import hide_password, open_sweep, trial_config
+from exptorch.sweep import claim_next, hide_password, open_sweep, trial_config
 from exptorch.sweep_file import read_sweep
 
 optuna = pytest.importorskip("optuna")
@@ -330,20 +330,22 @@ def test_best_command_reproduces_the_best_trial(tmp_path: Path) -> None:
 
 
 def test_pruned_trial_keeps_its_folder_and_shows_as_pruned(tmp_path: Path) -> None:
-    # Grid order is the file's: lr 0.01 learns, then 1e-7 does not and is pruned after epoch 1.
+    # Grid order is the file's: lr 0.01 learns, 1e-7 does not and is pruned after epoch 1,
+    # 1000 diverges at once (failed, before any metric was written).
     base = TINY.replace("epochs = 1", "epochs = 2").replace(
         "limit-train-batches = 2", "limit-train-batches = 15"
     )
     path = write_sweep(
         tmp_path,
         'sampler = "grid"\npruner = "median"\npruner-startup-trials = 1',
-        "lr = { choice = [0.01, 1e-7] }",
+        "lr = { choice = [0.01, 1e-7, 1000.0] }",
         base=base + "momentum = 0.9\nseed = 0\n",
     )
     expt_sweep(tmp_path, "run", str(path), "--name", "p")
     board = show_json(tmp_path, "p")
     states = {t["trial"]: (t["state"], t["epochs"], t["params"]["lr"]) for t in board["trials"]}
-    assert states == {0: ("complete", 2, 0.01), 1: ("pruned", 1, 1e-7)}
+    assert states == {0: ("complete", 2, 0.01), 1: ("pruned", 1, 1e-7), 2: ("failed", 0, 1000.0)}
+    assert "loss became nan" in board["trials"][2]["error"]  # and no metric was ever written
     state = json.loads((tmp_path / "runs/p/trial-0001/state.json").read_text())
     assert state["state"] == "stopped" and "pruned by the sweep" in state["stop_reason"]
     assert "pruned" in expt_sweep(tmp_path, "show", "p").stdout
@@ -652,3 +654,58 @@ def test_plot_writes_three_pngs(tmp_path: Path) -> None:
     assert names == ["optimization-history.png", "parallel-coordinate.png", "param-importances.png"]
     for name in names:
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- timeout and a trial whose process died after its run ended ---------------------------------
+
+
+def test_timeout_is_the_sweeps_wall_time_over_its_commands(tmp_path: Path, plugins) -> None:
+    from exptorch.sweep import SESSION_PREFIX, Session, elapsed
+
+    path = write_sweep(tmp_path, 'timeout = "10m"\nsampler = "random"')
+    sweep = open_sweep(
+        read_sweep(path, plugins), name="t", runs_dir=tmp_path, storage=None, epochs=1
+    )
+    now = time.time()
+    # two earlier commands that overlapped for 100 s: 400 s of the sweep's 600 s are spent
+    sweep.study.set_user_attr(SESSION_PREFIX + "a", [now - 1000, now - 700])
+    sweep.study.set_user_attr(SESSION_PREFIX + "b", [now - 800, now - 600])
+    assert elapsed(sweep.study) == pytest.approx(400)
+    assert claim_next(sweep, session=Session()) is not None
+    sweep.study.set_user_attr(SESSION_PREFIX + "c", [now - 550, now - 300])
+    assert elapsed(sweep.study) > 600
+    assert claim_next(sweep, session=Session()) is None  # the time is spent: no new trial
+
+
+def test_trial_whose_run_ended_before_its_process_died_is_told_not_trained_again(
+    tmp_path: Path, plugins, monkeypatch
+) -> None:
+    from exptorch.sweep import HOST, OWNER_ATTR, work
+
+    path = write_sweep(tmp_path, 'trials = 1\nsampler = "random"\nseed = 0')
+    sweep = open_sweep(
+        read_sweep(path, plugins), name="d", runs_dir=tmp_path, storage=None, epochs=1
+    )
+    real_tell = sweep.study.tell
+
+    def die(*args, **kwargs):  # the process is killed between the run's end and the tell
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep.study, "tell", die)
+    with pytest.raises(KeyboardInterrupt):
+        work(sweep, plugins, device="cpu", echo=lambda _: None)
+    monkeypatch.setattr(sweep.study, "tell", real_tell)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    sweep.storage.set_trial_user_attr(
+        sweep.trial_id(0), OWNER_ATTR, {"host": HOST, "pid": dead.pid}
+    )
+    metrics = (tmp_path / "d/trial-0000/metrics.jsonl").read_text()
+
+    lines: list[str] = []
+    results = work(sweep, plugins, device="cpu", echo=lines.append)
+    assert [(r.number, r.state) for r in results] == [(0, "complete")]
+    assert not any("epoch 1/1" in line for line in lines)  # told from its folder, no training
+    assert (tmp_path / "d/trial-0000/metrics.jsonl").read_text() == metrics
+    last = json.loads(metrics.splitlines()[-1])
+    assert sweep.study.best_value == pytest.approx(last["test_accuracy"])

@@ -628,13 +628,20 @@ def _ended_run(
     return None
 
 
+def run_metrics(run_path: Path) -> list[dict[str, Any]]:
+    """A run folder's metric records; none when it died before writing its first."""
+    if not (run_path / "metrics.jsonl").is_file():
+        return []
+    return read_metrics(run_path / "metrics.jsonl")
+
+
 def _tell(
     sweep: Sweep, trial: optuna.trial.Trial, number: int, run_path: Path, pruned_at: int | None
 ) -> TrialResult:
     from optuna.trial import TrialState
 
     metric = sweep.spec.metric
-    records = [r for r in read_metrics(run_path / "metrics.jsonl") if metric in r]
+    records = [r for r in run_metrics(run_path) if metric in r]
     value = float(records[-1][metric]) if records else None
     if pruned_at is not None:
         sweep.study.tell(trial, state=TrialState.PRUNED)
@@ -773,7 +780,8 @@ def summary(sweep: Sweep) -> dict[str, Any]:
     trials = sweep.study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for t in trials:
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        state = {"FAIL": "failed"}.get(t.state.name, t.state.name.lower())
+        counts[state] = counts.get(state, 0) + 1
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = sweep.study.best_trial if complete else None
     return {

@@ -207,7 +207,8 @@ def format_duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.3g}h"
     if seconds >= 60:
-        return f"{seconds / 60:.3g}m"
+        minutes, rest = divmod(round(seconds), 60)
+        return f"{minutes}m" + (f"{rest:02d}s" if rest else "")
     return f"{seconds:.1f}s"
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from exptorch.config import config_fields
 from exptorch.errors import ExptError, first_line
-from exptorch.rundir import atomic_path, read_json, read_metrics
+from exptorch.rundir import atomic_path, read_json
 from exptorch.runs import fmt, table
 from exptorch.sweep import (
     RECORD,
@@ -28,6 +28,7 @@ from exptorch.sweep import (
     hide_password,
     is_stale,
     open_storage,
+    run_metrics,
 )
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def leaderboard(
         run_name = str(trial.user_attrs.get(RUN_ATTR) or "")
         run_path = folder / run_name if run_name else None
         local = run_path is not None and run_path.is_dir()
-        records = read_metrics(run_path / "metrics.jsonl") if local and run_path else []
+        records = run_metrics(run_path) if local and run_path else []
         epochs = [r for r in records if "test_accuracy" in r]
         state_info = read_json(run_path / "state.json") if local and run_path else {}
         seconds = sum(float(r.get("epoch_time", 0.0)) for r in epochs) if epochs else None
