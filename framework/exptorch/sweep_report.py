@@ -209,7 +209,9 @@ FIGURES = (
 )
 
 
-def plot_sweep(study: optuna.Study, output: Path) -> tuple[list[Path], list[str]]:
+def plot_sweep(
+    study: optuna.Study, output: Path, metric: str | None = None
+) -> tuple[list[Path], list[str]]:
     """Write the figures as PNG files into ``output``; return them and the ones skipped, why."""
     try:
         import matplotlib
@@ -229,7 +231,7 @@ def plot_sweep(study: optuna.Study, output: Path) -> tuple[list[Path], list[str]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
             try:
-                axes = getattr(figures, function)(study)
+                axes = getattr(figures, function)(study, target_name=metric or "Objective Value")
             except (ValueError, RuntimeError) as exc:
                 skipped.append(f"{filename}: {first_line(exc)}")
                 continue

@@ -215,8 +215,8 @@ def plot_command(name: str, output: Path, runs_dir: Path, storage: str | None) -
     """
     from exptorch.sweep_report import load_study, plot_sweep
 
-    study, _, _ = load_study(name, runs_dir, storage)
-    written, skipped = plot_sweep(study, output)
+    study, canonical, _ = load_study(name, runs_dir, storage)
+    written, skipped = plot_sweep(study, output, canonical.get("metric"))
     for path in written:
         click.echo(path)
     for reason in skipped:
