@@ -16,6 +16,7 @@ from conftest import EXPT
 from exptorch import ExptError, Logger, hookimpl
 from exptorch.checkpoint import checkpoint_files, latest_checkpoint, load_checkpoint
 from exptorch.config import RunConfig, resolve_config
+from exptorch.program import python_command
 from exptorch.rundir import read_metrics
 from exptorch.train import RunInterrupted, find_resume_point, run_experiment
 
@@ -132,7 +133,8 @@ def test_sigterm_mid_epoch_then_resume_is_exact(make_plugins, tmp_path: Path) ->
     assert info.value.exit_code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back
     cut = tmp_path / "runs" / "cut"
-    assert any("expt run --resume" in line for line in lines)
+    assert "expt run --resume" in str(info.value)  # said once, in the error
+    assert not any("--resume" in line for line in lines)
     state = json.loads((cut / "state.json").read_text())
     assert state["state"] == "interrupted" and state["epoch"] == 1
     assert state["checkpoint"] == "epoch-002-step-000008.pt"
@@ -170,7 +172,9 @@ def test_sigterm_to_a_real_process_leaves_a_resumable_checkpoint(expt, tmp_path:
         if child.poll() is None:
             child.kill()
     assert child.returncode == 128 + signal.SIGTERM, err
-    assert "continue with: expt run --resume runs/t" in out
+    # Said once, naming the program as it was run (python -m exptorch, not on PATH as expt).
+    hint = "continue with: " + python_command() + " -m exptorch run --resume runs/t"
+    assert hint in err and "--resume" not in out
     assert "Interrupted by SIGTERM" in err and "Traceback" not in err
     run = tmp_path / "runs" / "t"
     state = json.loads((run / "state.json").read_text())

@@ -5,6 +5,16 @@ is re-exported here; other modules are private and may change between releases.
 Importing it is cheap: nothing here imports torch.
 """
 
+import sys as _sys
+
+if _sys.argv and _sys.argv[0].rpartition("/")[2] in ("expt", "-m"):
+    # Starting the ``expt`` program (its script, or ``python -m exptorch``): a Ctrl-C
+    # while its modules import ends it quietly; exptorch.cli.main puts Python's own
+    # handler back before any work starts.
+    from exptorch.program import quiet_start_up_interrupts
+
+    quiet_start_up_interrupts()
+
 from exptorch.errors import ExptError
 from exptorch.events import Callback, Metric
 from exptorch.hookspecs import hookimpl, hookspec

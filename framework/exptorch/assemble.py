@@ -268,25 +268,26 @@ def open_run_dir(
         return FollowerRunDir(path)
     used = sorted({reg.plugin for reg in parts.used()})
     if resume is None:
-        run_dir = RunDir.create(Path(config.runs_dir), str(config.name))
-        run_dir.write_config(
+        return RunDir.create(
+            Path(config.runs_dir), str(config.name),
             {
                 "config": redact(config.to_dict()),
                 **record,
                 "plugins": {p: dataclasses.asdict(plugins.source(p)) for p in used},
                 "command": redact(sys.argv),
-            }
-        )
-        run_dir.set_state("running", epoch=0, pid=os.getpid(), started=time.time())
-        return run_dir
-    run_dir = RunDir.open(resume.run_dir)
+            },
+            pid=os.getpid(), started=time.time(),
+        )  # fmt: skip
+    run_dir = resume.folder or RunDir.open(resume.run_dir)
+    run_dir.lock()
     remove_stale_staging(run_dir.checkpoints)
     dropped = run_dir.truncate_metrics(resume.checkpoint.step)
     saved = run_dir.read_config()
     saved["config"] = redact(config.to_dict())
     saved.setdefault("resumed", []).append(
-        {"from": resume.path.name, "device": record["device"], "command": redact(sys.argv),
-         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dropped_metrics": dropped}
+        {"from": None if resume.fresh else resume.path.name, "device": record["device"],
+         "command": redact(sys.argv), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+         "dropped_metrics": dropped}
     )  # fmt: skip
     run_dir.write_config(saved)
     run_dir.set_state("running", epoch=resume.checkpoint.epoch, pid=os.getpid())

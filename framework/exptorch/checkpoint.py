@@ -9,7 +9,9 @@ the last one moved into place, so a checkpoint whose main file exists is complet
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import pickle
 import re
 from collections.abc import Iterable
@@ -47,8 +49,25 @@ def save_checkpoint(fmt: CheckpointFormat, checkpoint: Checkpoint, path: Path) -
     moved into place, the main file last (see :func:`exptorch.rundir.atomic_files`).
     """
     with atomic_files(path) as staged:
-        fmt.save(checkpoint, staged)
+        try:
+            fmt.save(checkpoint, staged)
+        except (OSError, ExptError):
+            raise
+        except Exception as exc:  # torch.save reports a full disk as a RuntimeError
+            if _nearly_full(path.parent):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+            raise
     return path
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Whether the disk under ``folder`` has less than 1 MiB left (checked while the failed
+    checkpoint still takes its space)."""
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return stats.f_bavail * stats.f_frsize < 2**20
 
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterable
@@ -88,9 +89,9 @@ class ExptGroup(click.Group):
             return super().invoke(ctx)
         except ExptError as exc:
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             click.echo("Interrupted.", err=True)
-            ctx.exit(130)
+            ctx.exit(128 + getattr(exc, "signum", signal.SIGINT))
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:
@@ -121,6 +122,11 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """
     ctx.meta["exptorch.quiet"] = quiet
     _setup_logging(verbose)
+    if verbose > 1:  # -vv: every hook call, as pluggy traces it
+        log = logging.getLogger("exptorch")
+        manager = _plugins(ctx).pm
+        manager.trace.root.setwriter(lambda text: log.debug("hook %s", text.strip()))
+        manager.enable_tracing()
 
 
 def _click_option(f: Any) -> click.Option:
@@ -205,12 +211,15 @@ def run_command(
         explicit=explicit,
         config_file=config_file,
         plugin_options=[opt for _, opt in plugins.options()],
-        base=_unmasked(point.checkpoint.config) if point else None,
+        base=_unmasked(point.config) if point else None,
     )
     if config.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         # Re-run this very command in N processes under torch.distributed.run; each one
         # sees LOCAL_RANK and trains its share (see exptorch.distributed).
         from exptorch.distributed import launch
+
+        if point is not None:
+            point.release()  # rank 0 takes the run folder's lock
 
         ctx.exit(launch(config.nproc_per_node, sys.argv[1:]))
     quiet = ctx.meta.get("exptorch.quiet")  # warnings and errors still reach stderr
@@ -518,4 +527,18 @@ def plugins_show_command(ctx: click.Context, name: str, as_json: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="expt")
+    """The ``expt`` program: a Ctrl-C at any moment ends it without a traceback."""
+    from exptorch.program import normal_interrupts
+
+    normal_interrupts()
+    try:
+        cli(prog_name="expt")
+    except KeyboardInterrupt as exc:  # while plugins load, before a command runs
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.stderr.write("Interrupted.\n")
+        sys.exit(128 + getattr(exc, "signum", signal.SIGINT))
+    except SystemExit:
+        # The command is done; a Ctrl-C now would only interrupt the interpreter's
+        # shutdown (torch's threads, atexit handlers) with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise

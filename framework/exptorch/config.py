@@ -56,6 +56,11 @@ class RunConfig:
     checkpoint_format: str = _opt(
         "state_dict", "How checkpoints are written: state_dict, safetensors or full."
     )
+    checkpoint_every: str = _opt(
+        "10m",
+        "Also checkpoint inside an epoch, to resume from after a crash: every DURATION of "
+        "training (30s, 10m, 2h) or every N steps (500); off: at epochs' ends only.",
+    )
     keep: str = _opt(
         "all",
         "Checkpoints to keep: every epoch, the newest, or the best test accuracy and the newest.",
@@ -126,6 +131,34 @@ class RunConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_EVERY = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
+
+
+def parse_every(text: str) -> tuple[float | None, int | None]:
+    """``--checkpoint-every``: ``"10m"`` -> (600.0, None); ``"500"`` -> (None, 500);
+    ``"off"`` -> (None, None)."""
+    value = str(text).strip().lower()
+    if value in ("off", "0", "none", ""):
+        return None, None
+    match = _EVERY.fullmatch(value)
+    if match is None or float(match.group(1)) <= 0:
+        raise ExptError(
+            f"--checkpoint-every must be a duration (30s, 10m, 2h), a number of steps (500) "
+            f"or off, not {text!r}."
+        )
+    number, unit = match.groups()
+    if not unit:
+        if "." in number:
+            raise ExptError(f"--checkpoint-every {text} steps must be a whole number.")
+        return None, int(number)
+    return float(number) * {"s": 1, "m": 60, "h": 3600}[unit], None
+
+
+#: The longest run name: a file name holds 255 bytes, and the run folder is assembled
+#: under a hidden name a few characters longer (see :meth:`exptorch.rundir.RunDir.create`).
+MAX_NAME = 200
 
 
 def config_fields() -> list[dataclasses.Field[Any]]:
@@ -318,3 +351,8 @@ def validate(config: RunConfig) -> None:
             f"Run name {config.name!r} must be a plain folder name "
             "(letters, digits, '.', '_' and '-', not starting with '.' or '-')."
         )
+    if config.name is not None and len(config.name) > MAX_NAME:
+        raise ExptError(
+            f"Run name is {len(config.name)} characters long; use at most {MAX_NAME} (--name)."
+        )
+    parse_every(config.checkpoint_every)

@@ -7,6 +7,7 @@ plugin's, created for every run before the plugins' callbacks.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -17,6 +18,8 @@ from exptorch.events import Callback
 
 if TYPE_CHECKING:
     from exptorch.types import RunContext
+
+log = logging.getLogger("exptorch")
 
 
 class TrainLossLog(Callback):
@@ -91,6 +94,21 @@ class NonFiniteStop(Callback):
         raise ExptError(f"{what}, so the run stopped{last}; lower --lr and start again.")
 
 
+class StepDebugLog(Callback):
+    """With ``-vv``: one debug line per step (loss, learning rate, batch time)."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def on_step_end(self, run: RunContext, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        log.debug(
+            "epoch %d step %d: loss %.4f, lr %.4g, %.1f ms",
+            run.epoch, step, loss, run.lr, 1000 * (now - self.last),
+        )  # fmt: skip
+        self.last = now
+
+
 class ProgressBar(Callback):
     """A tqdm bar per epoch with the latest loss and the epoch's images per second."""
 
@@ -135,4 +153,4 @@ class ProgressBar(Callback):
             self.bar = None
 
 
-__all__ = ["NonFiniteStop", "ProgressBar", "TrainLossLog"]
+__all__ = ["NonFiniteStop", "ProgressBar", "StepDebugLog", "TrainLossLog"]

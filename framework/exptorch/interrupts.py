@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 import threading
@@ -15,7 +16,16 @@ class RunInterrupted(Exception):
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
+        self.signum = signum
         self.exit_code = 128 + signum
+
+
+class StopNow(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM: stop at once; the exit status is 128 + ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class StopSignals:
@@ -33,7 +43,7 @@ class StopSignals:
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.received is not None:
-            raise KeyboardInterrupt
+            raise StopNow(signum)
         self.received = signum
         sys.stderr.write(
             f"\n{signal.Signals(signum).name}: stopping after this step and writing a "
@@ -41,6 +51,8 @@ class StopSignals:
         )
 
     def install(self) -> StopSignals:
+        if self._previous:  # already installed
+            return self
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -53,17 +65,31 @@ class StopSignals:
 
 
 def interrupted(
-    signum: int, run_dir: Path, path: Path, epoch: int, step: int, echo: Callable[[str], None]
+    signum: int,
+    run_dir: Path,
+    path: Path | None,
+    epoch: int,
+    step: int,
+    echo: Callable[[str], None],
 ) -> RunInterrupted:
-    """Say where the run stopped and how to continue it; return the exception to raise."""
+    """Say where the run stopped; return the exception to raise, which says how to continue.
+
+    ``path`` is the checkpoint written (``None``: the signal came before training began).
+    The command to continue is in the exception's message only, printed once on stderr
+    (``-q`` keeps it too).
+    """
+    from exptorch.program import expt_command
+
     name = signal.Signals(signum).name
-    echo(f"{name}: stopped at epoch {epoch}, step {step}; checkpoint {path}")
-    echo(f"continue with: expt run --resume {run_dir}")
+    if path is None:
+        echo(f"{name}: stopped before training started")
+    else:
+        echo(f"{name}: stopped at epoch {epoch}, step {step}; checkpoint {path}")
     return RunInterrupted(
         f"Interrupted by {name} at epoch {epoch}, step {step}; "
-        f"continue with: expt run --resume {run_dir}",
+        f"continue with: {expt_command()} run --resume {shlex.quote(str(run_dir))}",
         signum,
     )
 
 
-__all__ = ["RunInterrupted", "StopSignals", "interrupted"]
+__all__ = ["RunInterrupted", "StopNow", "StopSignals", "interrupted"]

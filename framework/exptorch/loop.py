@@ -15,14 +15,14 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exptorch.checkpoint import checkpoint_name, prune_checkpoints, save_checkpoint
-from exptorch.errors import describe
+from exptorch.errors import ExptError, describe, first_line
 from exptorch.events import Events, Metric
-from exptorch.interrupts import StopSignals, interrupted
+from exptorch.interrupts import RunInterrupted, StopSignals, interrupted
 from exptorch.loggers import GuardedLogger
 from exptorch.secrets import redact
 from exptorch.types import Checkpoint, CheckpointFormat, RunContext
@@ -151,6 +151,8 @@ class Trainer:
     seen: int = 0
     last_path: Path = Path()
     last_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: When the last checkpoint was written (``time.monotonic()``), for ``--checkpoint-every``.
+    last_saved: float = 0.0
 
     @property
     def config(self) -> Any:
@@ -161,6 +163,9 @@ class Trainer:
     def fit(self) -> str:
         """Train epoch after epoch; return ``finished`` or ``stopped`` (raise when interrupted)."""
         self.signals.install()
+        if self.stop_signal():  # a signal came while the run folder was being written
+            raise self.interrupted(self.run.start_epoch, None)
+        self.last_saved = time.monotonic()
         if self.world.is_main:
             self.plugins.notify("run_start", run=self.run)
         self.events.fire("on_run_start", self.run)
@@ -200,6 +205,8 @@ class Trainer:
                 self.flush_logged()
             if self.stop_signal():
                 self.interrupt(epoch, batch)
+            elif self.checkpoint_due(batch):
+                self.save_position(epoch, batch)
         self.train_time = time.perf_counter() - self.epoch_start
 
     def transform(self, images: Any, labels: Any, epoch: int, batch: int) -> tuple[Any, Any]:
@@ -328,6 +335,37 @@ class Trainer:
         if run.monitor == "test_accuracy":
             best["best_test_accuracy"] = self.best_value
         self.run_dir.set_state("running", epoch=epoch, checkpoint=path.name, **best)
+        self.last_saved = time.monotonic()
+
+    def checkpoint_due(self, batch: int) -> bool:
+        """Whether ``--checkpoint-every`` asks for a checkpoint after this step of the epoch."""
+        from exptorch.config import parse_every
+
+        if batch >= len(self.train_batches):  # the epoch's own checkpoint comes next
+            return False
+        seconds, steps = parse_every(self.config.checkpoint_every)
+        if steps is not None:
+            return self.run.step % steps == 0
+        return seconds is not None and time.monotonic() - self.last_saved >= seconds
+
+    def save_position(self, epoch: int, batch: int) -> Path:
+        """Checkpoint the position inside the epoch (as an interrupt does), prune, record it."""
+        path = self.run_dir.checkpoints / "(rank 0 writes it)"
+        if self.world.is_main:
+            position = {
+                "epoch": epoch,
+                "batch": batch,
+                "epoch_loss": self.epoch_loss,
+                "seen": self.seen,
+            }
+            path = self.save_checkpoint(self.completed, position)
+            prune_checkpoints(
+                self.run_dir.checkpoints, self.suffixes, self.config.keep, path, self.best_path
+            )
+            self.run_dir.set_state("running", checkpoint=path.name)
+            log.info("checkpoint %s written inside epoch %d", path.name, epoch)
+        self.last_saved = time.monotonic()
+        return path
 
     def save_checkpoint(self, completed: int, position: dict[str, Any] | None = None) -> Path:
         """Save everything needed to continue exactly from here, atomically."""
@@ -359,7 +397,15 @@ class Trainer:
         )
         within = position["epoch"] if position else completed
         filename = checkpoint_name(within, self.fmt.suffix, run.step if position else None)
-        return save_checkpoint(self.fmt, checkpoint, self.run_dir.checkpoints / filename)
+        path = self.run_dir.checkpoints / filename
+        try:
+            return save_checkpoint(self.fmt, checkpoint, path)
+        except OSError as exc:
+            from exptorch.program import expt_command
+            from exptorch.rundir import disk_error
+
+            hint = f"then continue with: {expt_command()} run --resume {self.run_dir.path}"
+            raise disk_error(exc, f"write checkpoint {path}", hint) from None
 
     def eval_weights(self) -> dict[str, Any] | None:
         """The evaluation model's weights, when a callback set one shaped like the model."""
@@ -381,29 +427,22 @@ class Trainer:
 
     def interrupt(self, epoch: int, batch: int) -> None:
         """Write a checkpoint of the position inside the epoch and raise :class:`RunInterrupted`."""
-        path = self.run_dir.checkpoints / "(rank 0 writes it)"
-        if self.world.is_main:
-            position = {
-                "epoch": epoch,
-                "batch": batch,
-                "epoch_loss": self.epoch_loss,
-                "seen": self.seen,
-            }
-            path = self.save_checkpoint(self.completed, position)
-            prune_checkpoints(
-                self.run_dir.checkpoints, self.suffixes, self.config.keep, path, self.best_path
-            )
-            self.run_dir.set_state("running", checkpoint=path.name)
+        path = self.save_position(epoch, batch)
         raise self.interrupted(epoch, path)
 
-    def interrupted(self, epoch: int, path: Path) -> Exception:
+    def interrupted(self, epoch: int, path: Path | None) -> Exception:
         signum = self.signals.received or signal.SIGTERM
         return interrupted(signum, self.run_dir.path, path, epoch, self.run.step, self.echo)
 
     # --- the end ----------------------------------------------------------------------------
 
-    def teardown(self, state: str, elapsed: float) -> None:
-        """Close loggers and the run folder and record how the run ended, whatever happened."""
+    def teardown(self, state: str, elapsed: float, error: BaseException | None = None) -> None:
+        """Close loggers and the run folder and record how the run ended, whatever happened.
+
+        With ``error`` in flight (the run failed or was interrupted), a failure here
+        (a full disk refusing ``state.json``) is a warning: the original error is what
+        the user sees, and ``state.json`` is as truthful as the disk allows.
+        """
         from exptorch import distributed
 
         run = self.run
@@ -413,18 +452,57 @@ class Trainer:
             self.events.fire("on_run_end", run, state=state, metrics=dict(metrics))
         except Exception as exc:  # the run is over; its state must still be recorded
             log.warning("a callback failed in on_run_end: %s", describe(exc))
-        self.run_dir.close()
+        with self.unless_failing(error, "close metrics.jsonl"):
+            self.run_dir.close()
         hparams = redact({k: v for k, v in self.config.to_dict().items() if v is not None})
         for logger in self.loggers:
             if metrics:
                 logger.log_hparams(hparams, metrics)
             logger.finish(state)
-        self.run_dir.set_state(
-            state, epoch=self.completed, elapsed=elapsed, stop_reason=run.stop_reason
-        )
+        self.record_end(state, error, epoch=self.completed, elapsed=elapsed)
         if self.world.is_main:
-            self.plugins.notify("run_end", run=run, state=state, metrics=dict(metrics))
+            with self.unless_failing(error, "tell plugins the run ended"):
+                self.plugins.notify("run_end", run=run, state=state, metrics=dict(metrics))
         distributed.shutdown(clean=state in ("finished", "stopped"))
+
+    def abandon(self, error: BaseException) -> None:
+        """Set-up failed after the run folder was written: record why, give the folder back."""
+        self.signals.restore()
+        if getattr(self, "run_dir", None) is None:  # the folder was never written
+            return
+        with self.unless_failing(error, "close metrics.jsonl"):
+            self.run_dir.close()
+        for logger in self.loggers:
+            logger.finish("failed")
+        state = (
+            "interrupted" if isinstance(error, (KeyboardInterrupt, RunInterrupted)) else "failed"
+        )
+        self.record_end(state, error, epoch=self.completed)
+
+    def record_end(self, state: str, error: BaseException | None, **fields: Any) -> None:
+        """Write the final state, with why it failed or stopped, and release the folder's lock."""
+        run = self.run
+        if state == "interrupted" and not run.stop_reason:
+            signum = getattr(error, "signum", None) or self.signals.received or signal.SIGINT
+            run.stop_reason = f"interrupted by {signal.Signals(signum).name}"
+        reason = None
+        if state == "failed" and error is not None:
+            reason = str(error) if isinstance(error, ExptError) else describe(error)
+        try:
+            with self.unless_failing(error, f"record state {state!r} in state.json"):
+                self.run_dir.set_state(state, stop_reason=run.stop_reason, error=reason, **fields)
+        finally:
+            self.run_dir.unlock()
+
+    @contextlib.contextmanager
+    def unless_failing(self, error: BaseException | None, what: str) -> Iterator[None]:
+        """Run the body; if it raises while ``error`` is in flight, warn instead of hiding it."""
+        try:
+            yield
+        except Exception as exc:
+            if error is None:
+                raise
+            log.warning("could not %s: %s", what, first_line(exc))
 
 
 __all__ = ["Trainer", "batch_generator", "evaluate", "prediction_samples"]

@@ -11,6 +11,7 @@ Layout of ``runs/<name>/``::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -21,6 +22,31 @@ from pathlib import Path
 from typing import IO, Any
 
 from exptorch.errors import ExptError
+
+#: The file in a run folder that the process training it holds an exclusive OS lock on.
+LOCK_NAME = ".lock"
+
+
+def disk_error(exc: OSError, action: str, hint: str = "") -> ExptError:
+    """``OSError`` ``exc`` met while trying to ``action``, as one sentence with what to do.
+
+    ``hint`` is added where the error is one that a retry can get past (a full disk).
+    """
+    reason = exc.strerror or str(exc)
+    fixes = {
+        errno.ENOSPC: "free some space",
+        errno.EDQUOT: "free some space (the disk quota is reached)",
+        errno.EROFS: "choose a writable --runs-dir",
+        errno.EACCES: "choose a --runs-dir you can write to",
+        errno.EPERM: "choose a --runs-dir you can write to",
+        errno.ENAMETOOLONG: "choose a shorter --name or --runs-dir",
+        errno.ENOTDIR: "choose a --runs-dir that is a folder",
+    }
+    fix = fixes.get(exc.errno or 0)
+    what = f"; {fix}" if fix else ""
+    if fix and hint and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what += f", {hint}"
+    return ExptError(f"Cannot {action}: {reason}{what}.")
 
 
 @contextlib.contextmanager
@@ -131,6 +157,14 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def pid_alive(pid: Any) -> bool:
     """Whether process ``pid`` exists on this machine (a run's owner, from state.json)."""
     if not isinstance(pid, int) or pid <= 0:
@@ -190,6 +224,7 @@ class RunDir:
         self._best: float | None = None
         #: Whether ``_best`` covers the whole history (after truncate_metrics read it all).
         self._best_is_whole = False
+        self._lock_fd: int | None = None
 
     @property
     def checkpoints(self) -> Path:
@@ -202,24 +237,59 @@ class RunDir:
     @staticmethod
     def check_new(runs_dir: Path, name: str) -> None:
         """Refuse a name that an existing run already uses, before any work starts."""
-        if (runs_dir / name).exists():
+        for folder in (runs_dir, *runs_dir.parents):
+            if folder.exists() or folder.is_symlink():
+                if not folder.is_dir():
+                    raise ExptError(
+                        f"--runs-dir {runs_dir} cannot hold run folders: {folder} is a file, "
+                        "not a folder; choose another --runs-dir."
+                    )
+                break
+        if (runs_dir / name).exists() or (runs_dir / name).is_symlink():
             raise ExptError(
                 f"Run {runs_dir / name} already exists; choose another --name "
                 "(or continue it with --resume)."
             )
 
     @classmethod
-    def create(cls, runs_dir: Path, name: str) -> RunDir:
+    def create(
+        cls, runs_dir: Path, name: str, config: Mapping[str, Any] | None = None, **state: Any
+    ) -> RunDir:
+        """Make the run folder whole or not at all, and hold its lock.
+
+        The folder is assembled under a hidden name (``checkpoints/``, an empty
+        ``metrics.jsonl``, ``config.json`` and ``state.json``) and renamed into
+        place, so a run folder always says what it was started with and a kill
+        at any moment leaves either nothing or a folder that ``--resume`` can
+        start again. The caller holds the folder's lock from then on.
+        """
         cls.check_new(runs_dir, name)
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        final = runs_dir / name
+        staging = runs_dir / f".{name}.tmp-{os.getpid()}"
+        run = cls(staging)
         try:
-            (runs_dir / name).mkdir()
-        except FileExistsError:
-            raise ExptError(
-                f"Run {runs_dir / name} already exists; choose another --name."
-            ) from None
-        run = cls(runs_dir / name)
-        run.checkpoints.mkdir()
+            runs_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            run.lock()
+            run.checkpoints.mkdir()
+            run.metrics_path.touch()
+            if config is not None:
+                run.write_config(config)
+            run.set_state("running", **{"epoch": 0, **state})
+            if final.exists() or final.is_symlink():
+                raise FileExistsError(errno.EEXIST, "exists", str(final))
+            os.rename(staging, final)
+        except BaseException as exc:
+            run.unlock()
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise ExptError(f"Run {final} already exists; choose another --name.") from None
+            if isinstance(exc, OSError):
+                raise disk_error(exc, f"create run folder {final}") from None
+            raise
+        run.path = final
+        _fsync_dir(runs_dir)
         return run
 
     @classmethod
@@ -229,26 +299,104 @@ class RunDir:
             raise ExptError(f"{path} is not a run folder (it has no checkpoints/ folder).")
         return cls(path)
 
+    # --- the lock ---------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Take the folder's exclusive OS lock, or say who holds it (one sentence).
+
+        ``flock`` on ``.lock``: held until :meth:`unlock` or the process ends
+        however it ends (the OS releases it on SIGKILL), and honoured on NFS.
+        """
+        if self._lock_fd is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock on this platform
+            return
+        path = self.path / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise disk_error(exc, f"lock run folder {self.path}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = _read_pid(path)
+            by = f" (process {holder})" if holder else ""
+            raise ExptError(
+                f"{self.path} is being trained by another process{by}; wait for it to end, "
+                "or stop it, before continuing this run."
+            ) from None
+        except OSError:  # a file system without locks: carry on unlocked
+            os.close(fd)
+            return
+        self._lock_fd = fd
+        with contextlib.suppress(OSError):  # a full disk may refuse even this
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @staticmethod
+    def is_locked(path: Path) -> bool | None:
+        """Whether a process holds ``path``'s lock now (``None``: the folder has no lock file)."""
+        try:
+            import fcntl
+
+            fd = os.open(path / LOCK_NAME, os.O_RDONLY)
+        except (ImportError, OSError):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return False
+
     def read_state(self) -> dict[str, Any]:
         return read_json(self.path / "state.json")
 
+    def _resume_hint(self) -> str:
+        from exptorch.program import expt_command
+
+        return f"then continue with: {expt_command()} run --resume {self.path}"
+
     def truncate_metrics(self, step: int) -> int:
-        """Drop the records after ``step`` (a resumed run writes them again); return how many."""
+        """Drop the records after ``step`` (a resumed run writes them again); return how many.
+
+        A torn last line (a kill in the middle of a write) is dropped too, so the
+        next record starts on a line of its own.
+        """
         if not self.metrics_path.exists():
             return 0
+        with open(self.metrics_path) as fh:
+            lines = fh.readlines()
         records = read_metrics(self.metrics_path)
         kept = [r for r in records if int(r.get("step", 0)) <= step]
         epochs = [r for r in kept if "test_accuracy" in r]
         self._final = final_metrics(epochs[-1]) if epochs else {}
         accuracies = [r["test_accuracy"] for r in epochs if _finite(r["test_accuracy"])]
         self._best, self._best_is_whole = (max(accuracies) if accuracies else None), True
-        if len(kept) != len(records):
-            with atomic_path(self.metrics_path) as tmp:
-                tmp.write_text("".join(dumps(r) + "\n" for r in kept))
+        if len(kept) != len(lines) or (lines and not lines[-1].endswith("\n")):
+            try:
+                with atomic_path(self.metrics_path) as tmp:
+                    tmp.write_text("".join(dumps(r) + "\n" for r in kept))
+            except OSError as exc:
+                raise disk_error(exc, f"rewrite {self.metrics_path}", "and try again") from None
         return len(records) - len(kept)
 
     def write_config(self, data: Mapping[str, Any]) -> None:
-        write_json(self.path / "config.json", data)
+        try:
+            write_json(self.path / "config.json", data)
+        except OSError as exc:
+            raise disk_error(exc, f"write {self.path / 'config.json'}", "and try again") from None
 
     def read_config(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.path / "config.json").read_text())
@@ -265,14 +413,23 @@ class RunDir:
                 self._best = max(self._best, float(prior))
             current["best_test_accuracy"] = self._best
         current.update(fields, state=state, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        write_json(path, current)
+        try:
+            write_json(path, current)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _rewrite_in_place(
+                path, current
+            ):
+                raise disk_error(exc, f"write {path}", self._resume_hint()) from None
 
     def log_metrics(self, record: Mapping[str, Any]) -> None:
         """Append one JSON line and flush it, so a crash loses at most the line being written."""
-        if self._metrics is None:
-            self._metrics = open(self.metrics_path, "a")  # noqa: SIM115 - closed in close()
-        self._metrics.write(dumps(record) + "\n")
-        self._metrics.flush()
+        try:
+            if self._metrics is None:
+                self._metrics = open(self.metrics_path, "a")  # noqa: SIM115 - closed in close()
+            self._metrics.write(dumps(record) + "\n")
+            self._metrics.flush()
+        except OSError as exc:
+            raise disk_error(exc, f"write {self.metrics_path}", self._resume_hint()) from None
         if "test_accuracy" in record:  # an epoch's end: state.json's next write carries it
             self._final = final_metrics(record)
             if _finite(accuracy := record["test_accuracy"]):
@@ -280,13 +437,38 @@ class RunDir:
 
     def sync(self) -> None:
         if self._metrics is not None:
-            os.fsync(self._metrics.fileno())
+            try:
+                os.fsync(self._metrics.fileno())
+            except OSError as exc:
+                raise disk_error(exc, f"write {self.metrics_path}", self._resume_hint()) from None
 
     def close(self) -> None:
-        if self._metrics is not None:
-            self.sync()
-            self._metrics.close()
-            self._metrics = None
+        """Flush and close ``metrics.jsonl`` (the lock is kept: see :meth:`unlock`)."""
+        metrics, self._metrics = self._metrics, None
+        if metrics is not None:
+            try:
+                os.fsync(metrics.fileno())
+            finally:
+                with contextlib.suppress(OSError):  # its buffer was flushed at each record
+                    metrics.close()
+
+
+def _rewrite_in_place(path: Path, data: Any) -> bool:
+    """Overwrite a small JSON file in place when the disk has no room for a new one.
+
+    Not atomic, but it reuses the file's own blocks: on a full disk, the state a
+    run ended in is worth more than the atomicity of writing it.
+    """
+    text = dumps(data, indent=2, default=str) + "\n"
+    try:
+        with open(path, "r+" if path.exists() else "w") as fh:
+            fh.write(text)
+            fh.truncate()
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        return False
+    return True
 
 
 class FollowerRunDir(RunDir):
@@ -298,6 +480,9 @@ class FollowerRunDir(RunDir):
 
     def read_state(self) -> dict[str, Any]:
         return {}
+
+    def lock(self) -> None:
+        pass
 
     def truncate_metrics(self, step: int) -> int:
         return 0

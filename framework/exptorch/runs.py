@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from exptorch.errors import ExptError
-from exptorch.rundir import FINAL_KEYS, dumps, final_metrics, iter_metrics, pid_alive, read_json
+from exptorch.rundir import (
+    FINAL_KEYS,
+    RunDir,
+    dumps,
+    final_metrics,
+    iter_metrics,
+    pid_alive,
+    read_json,
+)
 
 #: What ``state`` can be: the five that ``state.json`` records, ``crashed`` (it says
 #: running, but its process is gone), and ``unknown`` (no readable ``state.json``).
@@ -111,7 +119,7 @@ def read_run(path: Path) -> Run:
     config = config_file.get("config")
     config = config if isinstance(config, dict) else {}
     state = str(state_info.get("state") or "unknown")
-    if state == "running" and not pid_alive(state_info.get("pid")):
+    if state == "running" and not _still_running(path, state_info):
         state = "crashed"
     done = state_info.get("epoch")
     final = state_info.get("final")
@@ -128,6 +136,13 @@ def read_run(path: Path) -> Run:
         config=config_file,
         state_info=state_info,
     )
+
+
+def _still_running(path: Path, state_info: dict[str, Any]) -> bool:
+    """Whether a process holds the run folder's lock (or, for a folder of an older exptorch
+    without a lock file, whether the process state.json names exists)."""
+    locked = RunDir.is_locked(path)
+    return locked if locked is not None else pid_alive(state_info.get("pid"))
 
 
 def _finite(value: Any) -> bool:
@@ -150,7 +165,14 @@ def list_runs(runs_dir: Path) -> list[Run]:
         raise ExptError(
             f"{runs_dir} does not exist; pass the folder that holds runs with --runs-dir."
         )
-    runs = [read_run(p) for p in sorted(runs_dir.iterdir()) if is_run_folder(p)]
+    # Hidden folders are runs being created (see RunDir.create), not runs.
+    folders = [
+        p for p in sorted(runs_dir.iterdir()) if not p.name.startswith(".") and is_run_folder(p)
+    ]
+    # A link to a run folder in the same place is that run under a second name: list it once.
+    real = {p.resolve() for p in folders if not p.is_symlink()}
+    folders = [p for p in folders if not (p.is_symlink() and p.resolve() in real)]
+    runs = [read_run(p) for p in folders]
     return sorted(runs, key=lambda r: (r.state_info.get("started") or 0, r.name))
 
 

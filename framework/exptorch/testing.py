@@ -204,7 +204,7 @@ def resume_expt(
         {"logger": [], **options},
         explicit=list(options),
         plugin_options=[opt for _, opt in plugins.options()],
-        base=point.checkpoint.config,
+        base=point.config,
     )
     return run_experiment(config, plugins, echo=echo, progress=False, resume=point)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from exptorch.assemble import (
 )
 from exptorch.checkpoint import formats
 from exptorch.config import RunConfig
-from exptorch.core_callbacks import NonFiniteStop, ProgressBar, TrainLossLog
+from exptorch.core_callbacks import NonFiniteStop, ProgressBar, StepDebugLog, TrainLossLog
 from exptorch.distributed import World, current_world
 from exptorch.errors import ExptError
 from exptorch.interrupts import RunInterrupted, StopSignals
@@ -38,6 +39,8 @@ from exptorch.loop import Trainer, evaluate, prediction_samples
 from exptorch.plugins import Plugins
 from exptorch.resume import ResumePoint, check_resume, find_resume_point, restore_rng
 from exptorch.types import RunContext
+
+log = logging.getLogger("exptorch")
 
 if TYPE_CHECKING:
     import torch
@@ -64,16 +67,25 @@ def run_experiment(
     A first SIGINT or SIGTERM stops the run after the current step, writes a
     resumable checkpoint and raises :class:`RunInterrupted`.
     """
-    trainer = setup(config, plugins, echo=echo, progress=progress, resume=resume)
+    try:
+        trainer = setup(config, plugins, echo=echo, progress=progress, resume=resume)
+    except BaseException:
+        if resume is not None:
+            resume.release()
+        raise
     state, started = "failed", time.perf_counter()
+    error: BaseException | None = None
     try:
         state = trainer.fit()
-    except (KeyboardInterrupt, RunInterrupted):
-        state = "interrupted"
+    except (KeyboardInterrupt, RunInterrupted) as exc:
+        state, error = "interrupted", exc
+        raise
+    except BaseException as exc:
+        error = exc
         raise
     finally:
         elapsed = time.perf_counter() - started
-        trainer.teardown(state, elapsed)
+        trainer.teardown(state, elapsed, error)
     echo(f"{state} in {elapsed:.1f}s; run folder {trainer.run_dir.path}")
     return trainer.run_dir.path
 
@@ -118,6 +130,8 @@ def setup(
         ("train-loss", TrainLossLog(config.log_every)),
         ("non-finite-stop", NonFiniteStop()),
     ]
+    if log.isEnabledFor(logging.DEBUG):
+        core.append(("step-debug", StepDebugLog()))
     events = assemble.build_callbacks(parts, plugins, run, core)
     loss_options = plugin_kwargs(parts.loss, config)
     transforms = [
@@ -133,7 +147,12 @@ def setup(
         fmt=parts.checkpoint_format.factory(),
         suffixes=[f.suffix for f in formats(plugins).values()], meta={}, echo=echo,
     )  # fmt: skip
-    open_run(trainer, parts, splits, resume)
+    trainer.signals.install()  # from here on, a signal is recorded in the run folder
+    try:
+        open_run(trainer, parts, splits, resume)
+    except BaseException as exc:
+        trainer.abandon(exc)
+        raise
     return trainer
 
 
@@ -212,7 +231,7 @@ def build_model(
     import torch
 
     options = plugin_kwargs(parts.model, config)
-    if resume is None:
+    if resume is None or resume.fresh:
         model = parts.model.factory(splits.info, **options).to(device)
     else:
         initial = {o.name: o.default for o in parts.model.options if o.initial_weights}
@@ -276,13 +295,49 @@ def announce(trainer: Trainer, parts: Parts, splits: Splits, resume: ResumePoint
         f"{config.dataset} ({len(splits.train_labels):,} train / {len(splits.test_labels):,} "
         f"test images), device {run.device}, seed {config.seed}"
     )
-    if resume is not None:
-        where = f"epoch {resume.next_epoch}" + (
-            f", batch {resume.position['batch'] + 1} of {len(trainer.train_batches)}"
-            if resume.position
-            else ""
+    describe_setup(trainer, parts, splits)
+    if resume is None:
+        return
+    if resume.fresh:
+        trainer.echo(
+            f"starting {trainer.run_dir.path} again from epoch 1 with its recorded settings and "
+            f"seed (it was stopped before its first checkpoint); {config.epochs} epochs in all"
         )
-        trainer.echo(f"resuming from {resume.path.name} at {where}; {config.epochs} epochs in all")
+        return
+    where = f"the start of epoch {resume.next_epoch}"
+    if resume.position:
+        done, total = int(resume.position["batch"]), len(trainer.train_batches)
+        where = (
+            f"epoch {resume.next_epoch}, batch {done + 1} of {total}"
+            if done < total
+            else f"the end of epoch {resume.next_epoch} (its {total} batches are done)"
+        )
+    trainer.echo(f"resuming from {resume.path.name} at {where}; {config.epochs} epochs in all")
+
+
+def describe_setup(trainer: Trainer, parts: Parts, splits: Splits) -> None:
+    """What was resolved, for ``-v``: device and speed settings, plugins, data sizes."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    config, plugins = trainer.config, trainer.plugins
+    log.info(
+        "device %s, precision %s, channels-last %s, compile %s, data on device %s",
+        trainer.run.device, config.precision, config.channels_last,
+        "on" if config.compile else "off", config.data_on_device,
+    )  # fmt: skip
+    used = ", ".join(
+        f"{reg.kind} {reg.name} ({reg.plugin}, {plugins.source(reg.plugin).distribution})"
+        for reg in parts.used()
+        if reg.kind != "callback" or reg.name in trainer.events.callbacks
+    )
+    log.info("plugins used: %s", used)
+    train, test = trainer.train_batches, trainer.test_batches
+    log.info(
+        "data: %s train images in %d batches of %d per epoch, %s test images in %d batches; "
+        "checkpoints at each epoch's end and every %s inside one",
+        f"{len(splits.train_labels):,}", len(train), train.batch_size,
+        f"{len(splits.test_labels):,}", len(test), config.checkpoint_every,
+    )  # fmt: skip
 
 
 __all__ = [
