@@ -111,13 +111,14 @@ def test_recipe_sits_under_config_file_and_flags(tmp_path: Path) -> None:
     assert resolved.batch_size == 32  # the flag beats both
     assert resolved.schedule == fast["schedule"] and resolved.augment is True
     assert RunConfig().schedule == "constant"  # no recipe: the tutorial's defaults
-    with pytest.raises(ExptError, match="Unknown recipe 'best'; available: fast, tutorial"):
+    with pytest.raises(ExptError, match="Unknown recipe 'best'; available: fast, tuned, tutorial"):
         resolve_config({"recipe": "best"}, explicit=["recipe"])
 
 
 def test_expt_recipes_command(expt) -> None:
     out = expt("recipes", check=True).stdout
     assert "fast:" in out and "schedule=onecycle" in out and "tutorial:" in out
+    assert "tuned: optimizer=adamw" in out
 
 
 @pytest.mark.slow
