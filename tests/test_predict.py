@@ -254,3 +254,26 @@ def test_a_decompression_bomb_and_a_fifo_are_refused_and_the_rest_predicted(
         "Pillow's limit against decompression bombs); shrink it first.",
         f"error: {fifo} is not a regular file (a FIFO, socket or device), so it is not read.",
     ]
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_by_predict_and_eval(
+    expt, plugins, checkpoint: Path, tmp_path: Path
+) -> None:
+    """A diverged run's weights predict 'Bag (nan%)': refused in one sentence instead."""
+    from exptorch.checkpoint import formats
+
+    diverged = load_checkpoint(plugins, checkpoint)
+    name = next(k for k, v in diverged.model_state.items() if v.is_floating_point())
+    diverged.model_state[name][0] = float("nan")
+    (tmp_path / "nan").mkdir()
+    path = save_checkpoint(
+        formats(plugins)["safetensors"], diverged, tmp_path / "nan" / "epoch-012.safetensors"
+    )
+    picture(COLOURS["red"], (16, 16), seed=1).save(tmp_path / "red.png")
+    for command, *rest in [("predict", "red.png"), ("eval",)]:
+        result = expt(command, "--checkpoint", str(path), "--device", "cpu", *rest)
+        assert result.returncode == 1 and result.stdout == "", result.stdout
+        assert result.stderr.strip() == (
+            f"Error: Checkpoint {path} holds weights that are not finite ({name} has nan or "
+            "inf): the run diverged; use an earlier checkpoint or train again with a lower --lr."
+        )

@@ -197,3 +197,24 @@ def test_show_streams_a_large_metrics_file(runs_dir: Path, tmp_path: Path) -> No
         tracemalloc.stop()
     assert run.epoch_records == epochs and "no completed epoch" not in text
     assert peak < 5_000_000  # a list of every record would take far more than the file's 10 MB
+
+
+def test_plot_of_a_one_epoch_run_draws_its_train_loss_point(tmp_path: Path, monkeypatch) -> None:
+    """One train_loss record (the epoch's partial window) is a visible marker, not an
+    invisible one-point line."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from exptorch.runs import find_run, plot
+    from exptorch.testing import make_plugins, run_expt
+
+    run = run_expt(
+        make_plugins(), tmp_path / "runs", echo=lambda _: None, name="one", log_every=100
+    )
+    assert len([r for r in read_metrics(run / "metrics.jsonl") if "train_loss" in r]) == 1
+    figures: list = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot([find_run(tmp_path / "runs", "one")], tmp_path / "one.png")
+    (train,) = [line for line in figures[0].axes[0].get_lines() if line.get_label() == "one train"]
+    assert len(train.get_xdata()) == 1 and train.get_marker() not in (None, "None", "", " ")
+    assert (tmp_path / "one.png").read_bytes().startswith(b"\x89PNG")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from exptorch.plugins import NO_AUTOLOAD_ENV, load_plugins
 from exptorch.rundir import read_metrics
 from exptorch.train import run_experiment
 from exptorch.types import RunContext
+from exptorch_plugins.wandb import wandb_program
 
 wandb = pytest.importorskip("wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402
@@ -190,8 +192,9 @@ def test_unreachable_server_falls_back_to_offline(wandb_env, tmp_path: Path, cap
     folder = file.parent
     assert "offline-run-" in folder.name
     assert "logging offline instead" in warnings[0].getMessage()
-    assert f"wandb sync {folder.resolve()}" in warnings[0].getMessage()
-    assert f"wandb sync {folder.resolve()}" in capsys.readouterr().err
+    hint = f"{wandb_program()} sync {folder.resolve()}"  # wandb as this process can run it
+    assert hint in warnings[0].getMessage()
+    assert hint in capsys.readouterr().err
     assert json.loads((run / "state.json").read_text())["state"] == "finished"
     assert read_wandb(file)["history"]  # the metrics are in the offline run
 
@@ -253,3 +256,13 @@ def test_a_tampered_wandb_json_is_read_as_data_only(wandb_env, tmp_path: Path) -
 
     saved = json.loads((run_dir / "wandb.json").read_text(), parse_constant=refuse)
     assert saved == {"id": logger.run_id, "last_step": 1, "best": {"test_loss": 0.25}}
+
+
+def test_the_sync_hint_names_wandb_as_it_can_be_run(monkeypatch) -> None:
+    """After a venv install that was not activated, plain `wandb` is not found."""
+    beside = Path(sys.executable).parent / "wandb"
+    assert beside.is_file()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert wandb_program() == str(beside)
+    monkeypatch.setenv("PATH", str(beside.parent))
+    assert wandb_program() == "wandb"

@@ -284,6 +284,22 @@ def checked_meta(checkpoint: Checkpoint, path: Path) -> DatasetInfo:
         raise bad(str(exc)) from None
 
 
+def check_finite(checkpoint: Checkpoint, path: Path) -> None:
+    """Refuse weights that are not all finite (a run that diverged): they predict nothing."""
+    import torch
+
+    state = checkpoint.module.state_dict() if checkpoint.module is not None else {}
+    state = state or checkpoint.model_state
+    for name, tensor in state.items():
+        floating = torch.is_tensor(tensor) and tensor.is_floating_point()
+        if floating and not bool(torch.isfinite(tensor).all()):
+            raise ExptError(
+                f"Checkpoint {path} holds weights that are not finite ({name} has nan or "
+                "inf): the run diverged; use an earlier checkpoint or train again with a "
+                "lower --lr."
+            )
+
+
 def load_trained(plugins: Plugins, path: Path, *, device: str, trust: bool = False) -> Trained:
     """Load ``path``, check what it claims, rebuild its model with its weights, move it to
     ``device``."""
@@ -291,6 +307,7 @@ def load_trained(plugins: Plugins, path: Path, *, device: str, trust: bool = Fal
 
     checkpoint = load_checkpoint(plugins, path, trust=trust)
     info = checked_meta(checkpoint, path)
+    check_finite(checkpoint, path)
     target = make_device(plugins, device)
     return Trained(
         checkpoint=checkpoint,

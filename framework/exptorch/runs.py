@@ -336,6 +336,7 @@ def plot(runs: Sequence[Run], output: Path) -> Path:
             loss_ax.plot(
                 [step for step, _ in train], [loss for _, loss in train],
                 color=colour, label=f"{run.name} train",
+                marker="." if len(train) > 1 else "o",  # a single point is visible too
             )  # fmt: skip
         if tests:
             loss_ax.plot(

@@ -71,6 +71,22 @@ OPTIONS = [
 ]
 
 
+def wandb_program() -> str:
+    """How to run W&B's command line so that a printed hint works when pasted: ``wandb``
+    when ``PATH`` finds the one beside this Python, else that one's path (a venv that was
+    not activated), else ``python -m wandb``."""
+    import shlex
+    import shutil
+
+    beside = Path(sys.executable).parent / "wandb"
+    found = shutil.which("wandb")
+    if found and (not beside.is_file() or os.path.samefile(found, beside)):
+        return "wandb"
+    if beside.is_file():
+        return shlex.quote(str(beside))
+    return f"{shlex.quote(sys.executable)} -m wandb"
+
+
 class WandbLogger(Logger):
     def __init__(
         self,
@@ -163,12 +179,12 @@ class WandbLogger(Logger):
     def sync_command(self) -> str:
         folder = self.run_folder
         if folder is None:
-            return "wandb sync"
+            return f"{wandb_program()} sync"
         try:
             shown = folder.resolve().relative_to(Path.cwd().resolve())
         except ValueError:
             shown = folder.resolve()
-        return f"wandb sync {shown}"
+        return f"{wandb_program()} sync {shown}"
 
     # -- the Logger interface -------------------------------------------------------------------
 
