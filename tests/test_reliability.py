@@ -399,3 +399,82 @@ def test_ctrl_c_during_start_up_prints_no_traceback(tmp_path: Path, delay: float
     _out, err = child.communicate(timeout=120)
     assert "Traceback" not in err, err
     assert child.returncode in (0, 130), err
+
+
+# --- items 16 and 18: hints and what a run tells ---------------------------------------------
+
+
+def test_the_resume_hint_names_expt_as_it_was_run(monkeypatch) -> None:
+    import sys
+
+    from exptorch.program import expt_command
+
+    script = Path(sys.executable).parent / "expt"
+    assert script.is_file()
+    monkeypatch.setattr(sys, "argv", [str(script), "run"])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert expt_command() == str(script)  # a venv that was not activated
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert expt_command() == "expt"
+    main = Path(__file__).parents[1] / "framework" / "exptorch" / "__main__.py"
+    monkeypatch.setattr(sys, "argv", [str(main), "run"])
+    assert expt_command() == "python -m exptorch"  # this python is first on PATH now
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert expt_command() == f"{sys.executable} -m exptorch"
+
+
+def test_resume_message_says_the_batch_within_the_epoch(tmp_path: Path) -> None:
+    class StopAt:
+        @hookimpl
+        def register_callbacks(self, register):
+            from exptorch import Callback
+
+            class Kill(Callback):
+                def on_step_end(self, run, step, loss):
+                    if step == 11:  # epoch 2, batch 3 of 8
+                        os.kill(os.getpid(), signal.SIGTERM)
+
+            register("kill", lambda run: Kill() if not run.resumed else None)
+
+    from exptorch.train import RunInterrupted
+
+    plugins = make_plugins(("stop", StopAt()))
+    options = dict(dataset="fashion-mnist-sample", batch_size=16, limit_train_batches=8,
+                   limit_eval_batches=1, epochs=2, name="m")  # fmt: skip
+    with pytest.raises(RunInterrupted):
+        run_expt(plugins, tmp_path / "runs", echo=lambda _: None, **options)
+    run = tmp_path / "runs" / "m"
+    assert state(run)["stop_reason"] == "interrupted by SIGTERM"
+    lines: list[str] = []
+    resume_expt(plugins, run, echo=lines.append, limit_train_batches=2)
+    assert "at the end of epoch 2 (all 2 of its batches are done)" in lines[1]
+    (run / "state.json").unlink()
+    lines.clear()
+    resume_expt(plugins, run, echo=lines.append, epochs=3)
+    assert "resuming from epoch-002.pt at the start of epoch 3; 3 epochs in all" in lines[1]
+
+
+def test_verbose_says_what_was_resolved_and_very_verbose_each_step(expt) -> None:
+    result = expt("-v", *TINY, "--epochs", "1", "--name", "v", check=True)
+    assert "info: device cpu, precision fp32, channels-last" in result.stderr
+    assert "info: plugins used: model quicknet (quicknet, exptorch)" in result.stderr
+    assert "info: data: 6,000 train images in 8 batches of 16 per epoch" in result.stderr
+    assert "debug:" not in result.stderr
+    result = expt("-vv", *TINY, "--epochs", "1", "--name", "vv", check=True)
+    assert "debug: epoch 1 step 8: loss " in result.stderr
+
+
+def test_tensorboard_hparams_hold_only_the_options_of_plugins_used(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = run_expt(make_plugins(), tmp_path / "runs", echo=lambda _: None, logger=["tensorboard"])
+    events = EventAccumulator(str(run))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert "lr" in hparams
+    foreign = [k for k in hparams if "vgg16" in k or "folder" in k or "wandb" in k]
+    assert not foreign, foreign
+    saved = json.loads((run / "config.json").read_text())["config"]["options"]
+    assert not [k for k in saved if k.startswith(("vgg16", "folder", "wandb"))]

@@ -310,7 +310,7 @@ def announce(trainer: Trainer, parts: Parts, splits: Splits, resume: ResumePoint
         where = (
             f"epoch {resume.next_epoch}, batch {done + 1} of {total}"
             if done < total
-            else f"the end of epoch {resume.next_epoch} (its {total} batches are done)"
+            else f"the end of epoch {resume.next_epoch} (all {total} of its batches are done)"
         )
     trainer.echo(f"resuming from {resume.path.name} at {where}; {config.epochs} epochs in all")
 
