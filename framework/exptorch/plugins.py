@@ -113,6 +113,13 @@ class Plugins:
         self.sources[name] = source or PluginSource()
         self._registry = None
 
+    def remove(self, name: str) -> None:
+        """Unregister the plugin ``add`` registered under ``name`` (nothing if there is none)."""
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+            self.sources.pop(name, None)
+            self._registry = None
+
     def source(self, name: str) -> PluginSource:
         return self.sources.get(name, PluginSource())
 

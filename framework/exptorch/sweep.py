@@ -611,7 +611,7 @@ def run_trial(
         sweep.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return TrialResult(claim.number, "failed", None, run_name, str(exc))
     finally:
-        plugins.pm.unregister(name=plugin_name)
+        plugins.remove(plugin_name)
     return _tell(sweep, trial, claim.number, sweep.folder / run_name, pruning.pruned_at)
 
 

@@ -39,8 +39,10 @@ def register_commands(cli: click.Group) -> None:
 
 
 def _plugins(ctx: click.Context) -> Any:
-    """The plugin manager the ``expt`` group loaded (its ``plugins`` property)."""
-    return getattr(ctx.find_root().command, "plugins")  # noqa: B009
+    """The plugins the running ``expt`` command loaded."""
+    from exptorch import current_plugins
+
+    return current_plugins()
 
 
 @click.group("sweep")
