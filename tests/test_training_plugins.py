@@ -387,12 +387,22 @@ class CounterPlugin:
         metrics["from_epoch_end"] = 10.0 * epoch
 
 
+@pytest.mark.parametrize(
+    "training",
+    [
+        {"transform": ["crop-flip", "mixup"], "schedule": "cosine"},
+        {"transform": ["cutmix"], "schedule": "step", "step_milestones": "2", "warmup": 0.2},
+        {"optimizer": "adamw", "schedule": "onecycle", "adamw_no_decay_norm_bias": True},
+    ],
+    ids=["crop-flip+mixup+cosine", "cutmix+step+warmup", "adamw+onecycle"],
+)
 def test_callback_state_survives_resume_and_extra_metrics_reach_every_record(
-    tmp_path: Path,
+    tmp_path: Path, training: dict[str, Any]
 ) -> None:
+    """Killed mid-epoch and resumed == straight through, bit for bit, with a stateful callback."""
     plugin = CounterPlugin()
     plugins = make_plugins(("counter", plugin))
-    options = dict(epochs=2, counter_every=3, transform=["crop-flip", "mixup"], schedule="cosine")
+    options = dict(epochs=2, counter_every=3, **training)
     straight = run_expt(plugins, tmp_path / "runs", name="straight", echo=lambda _: None, **options)
     assert plugin.made[-1].steps == 16
     plugin.kill_at = 11  # epoch 2, mid-epoch
