@@ -199,6 +199,37 @@ def help_startup(repeats: int = 10) -> float:
     return statistics.median(times)
 
 
+def cpu_description() -> dict[str, object]:
+    """What the figures depend on: the CPU's model name (``lscpu``), torch's CPU capability,
+    and whether bf16/fp16 are native (AVX512-BF16/AMX) or emulated."""
+    import subprocess
+
+    import torch
+
+    from exptorch.assemble import NATIVE_LOW_PRECISION, cpu_features
+
+    model = platform.processor() or platform.machine()
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        model = next(
+            (line.partition(":")[2].strip() for line in lscpu.splitlines()
+             if line.startswith("Model name")), model,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        pass
+    features = cpu_features()
+    return {
+        "model_name": model,
+        "cpus": os.cpu_count(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native": {
+            precision: sorted(f for f in flags if f in features)
+            for precision, flags in NATIVE_LOW_PRECISION.items()
+        },
+        "torch": torch.__version__,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-images", type=int, default=50_000)
@@ -225,6 +256,9 @@ def main() -> None:
         results["tutorial"] = tutorial(root / "data", root, epochs=args.epochs)
         results["handwritten"] = {
             "images_per_second": handwritten(root / "data", args.epochs, "fp32", True)
+        }
+        results["handwritten-contiguous"] = {
+            "images_per_second": handwritten(root / "data", args.epochs, "fp32", False)
         }
         results["handwritten-fast"] = {
             "images_per_second": handwritten(root / "data", args.epochs, "bf16", True)
@@ -255,8 +289,12 @@ def main() -> None:
         f"{100 * overhead_fast:.1f}% (fast settings)"
     )
     print(f"expt --help: {results['expt --help']['seconds'] * 1000:.0f} ms (median of 10)")
+    cpu = cpu_description()
+    results["machine"] = cpu
+    native = {k: ", ".join(v) or "emulated" for k, v in cpu["native"].items()}  # type: ignore[attr-defined]
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"machine: {cpu['model_name']}, {cpu['cpus']} CPUs, torch CPU capability "
+        f"{cpu['torch_cpu_capability']}, bf16: {native['bf16']}, fp16: {native['fp16']}, "
         f"torch {torch.__version__}"
     )
     if args.json:

@@ -135,3 +135,53 @@ def test_compiled_run_checkpoints_load_into_a_plain_model(plugins, tmp_path: Pat
     assert not any(k.startswith("_orig_mod.") for k in checkpoint.model_state)
     QuickNet(1, 28, 28, 10).load_state_dict(checkpoint.model_state)
     assert torch.isfinite(torch.tensor(final_metrics(run)["test_loss"]))
+
+
+class NarrowShortcut:
+    """A model with a 1x1 stride-2 convolution on 4 channels: the shape whose channels-last
+    CPU backward crashed torch 2.14.1 ("double free or corruption")."""
+
+    @staticmethod
+    def factory(info, **_):
+        from torch import nn
+
+        side = (info.height + 1) // 2 * ((info.width + 1) // 2)
+        return nn.Sequential(
+            nn.Conv2d(info.channels, 4, 3, padding=1), nn.Conv2d(4, 8, 1, 2, bias=False),
+            nn.Flatten(), nn.Linear(8 * side, len(info.classes)),
+        )  # fmt: skip
+
+    from exptorch import hookimpl as _hookimpl
+
+    @_hookimpl
+    def register_models(self, register):
+        register("narrow", self.factory, description="a narrow strided 1x1 shortcut")
+
+
+def test_channels_last_auto_on_cpu_only_for_models_that_declare_it_pays(
+    make_plugins, tmp_path: Path
+) -> None:
+    plugins = make_plugins(("narrow", NarrowShortcut()))
+    narrow = run_experiment(
+        config(tmp_path, "narrow", epochs=1, model="narrow", momentum=0.0), plugins,
+        echo=lambda _: None,
+    )  # fmt: skip
+    assert saved_config(narrow)["channels_last"] == "off"  # undeclared: off on a CPU
+    from exptorch_plugins.quicknet import build
+
+    assert build.channels_last_on_cpu is True  # measured (README, "Performance")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_once(plugins, tmp_path, monkeypatch, caplog):
+    from exptorch import assemble
+
+    monkeypatch.setattr(assemble, "cpu_features", lambda: {"fpu", "avx2", "fma"})  # AVX2 only
+    run_experiment(config(tmp_path, "bf", epochs=1, precision="bf16"), plugins, echo=print)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "--precision bf16: this CPU has no AVX512-BF16 or AMX-BF16 instructions, so bf16 is "
+        "emulated and typically several times slower than fp32 (13x measured on an AVX2-only "
+        "EPYC); use --precision fp32 (the default on CPU)."
+    ]
+    assert not assemble.warn_emulated_precision("bf16", {"avx2", "avx512f", "avx512_bf16"})
+    assert not assemble.warn_emulated_precision("bf16", set())  # not an x86 CPU we can judge

@@ -102,7 +102,7 @@ def setup(
     parts = assemble.resolve_parts(config, plugins)
     config = name_the_run(config, parts, resume)
     world = current_world()
-    config, device = place(config, plugins, world)
+    config, device = place(config, plugins, world, parts)
     splits = parts.dataset.factory(
         data_dir=Path(config.data_dir) if config.data_dir else default_data_dir(),
         download=config.download, **plugin_kwargs(parts.dataset, config),
@@ -171,7 +171,9 @@ def name_the_run(config: RunConfig, parts: Parts, resume: ResumePoint | None) ->
     return dataclasses.replace(config, name=name)
 
 
-def place(config: RunConfig, plugins: Plugins, world: World) -> tuple[RunConfig, torch.device]:
+def place(
+    config: RunConfig, plugins: Plugins, world: World, parts: Parts | None = None
+) -> tuple[RunConfig, torch.device]:
     """The device, the seed (shared by every DDP process), and the speed settings for both."""
     import torch
 
@@ -190,7 +192,8 @@ def place(config: RunConfig, plugins: Plugins, world: World) -> tuple[RunConfig,
         distributed.init(world, device)
         name, seed = distributed.broadcast_objects([name, seed])  # rank 0's choice for all
     torch.manual_seed(seed)
-    return resolve_speed(dataclasses.replace(config, seed=seed, name=name), device), device
+    config = dataclasses.replace(config, seed=seed, name=name)
+    return resolve_speed(config, device, parts.model if parts else None), device
 
 
 def make_batches(
