@@ -21,6 +21,7 @@ from exptorch.assemble import build_optimizer
 from exptorch.config import RunConfig
 from exptorch.interrupts import RunInterrupted
 from exptorch.rundir import read_metrics
+from exptorch.runs import read_run, show_text
 from exptorch.testing import make_plugins, resume_expt, run_expt, tiny_splits
 from exptorch_plugins import losses, metrics, optimizers, schedules, transforms
 from exptorch_plugins.networks import QuickNet
@@ -256,6 +257,9 @@ def test_metrics_reach_metrics_jsonl_state_and_monitor_chooses_the_best(tmp_path
     rows = epochs(run)
     assert all({"test_top5", "test_macro_f1", "test_accuracy"} <= set(r) for r in rows)
     assert all(r["test_top5"] >= r["test_accuracy"] for r in rows)
+    shown = show_text(read_run(run)).splitlines()
+    header = next(line for line in shown if line.startswith("epoch"))
+    assert header.split()[5:7] == ["test_top5", "test_macro_f1"]  # expt runs show has them
     state = json.loads((run / "state.json").read_text())
     losses_ = [r["test_loss"] for r in rows]
     best_epoch = losses_.index(min(losses_)) + 1

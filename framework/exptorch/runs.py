@@ -267,7 +267,13 @@ def show_text(run: Run) -> str:
     ]
     records = run.epoch_records
     if records:
-        header = ("epoch", "step", "train_loss", "test_loss", "test_accuracy", "time", "img/s")
+        # every other test metric the run recorded (--metric top5: test_top5), in record order
+        extra = list(dict.fromkeys(
+            k for r in records for k in r
+            if k.startswith("test_") and k not in ("test_loss", "test_accuracy")
+        ))  # fmt: skip
+        header = ("epoch", "step", "train_loss", "test_loss", "test_accuracy", *extra, "time",
+                  "img/s")  # fmt: skip
         rows = [
             (
                 fmt(r.get("epoch")),
@@ -275,6 +281,7 @@ def show_text(run: Run) -> str:
                 fmt(r.get("epoch_train_loss")),
                 fmt(r.get("test_loss")),
                 fmt(r.get("test_accuracy"), "accuracy"),
+                *(fmt(r.get(k)) for k in extra),
                 f"{r['epoch_time']:.1f}s" if "epoch_time" in r else "-",
                 f"{r['images_per_second']:,.0f}" if "images_per_second" in r else "-",
             )
