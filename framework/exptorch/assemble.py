@@ -262,14 +262,20 @@ def build_optimizer(
 
 
 def restore_optimizer(optimizer: Any, state: dict[str, Any], config: RunConfig) -> None:
-    """Load a checkpoint's optimizer state; ``--lr``, ``--momentum``, ``--weight-decay`` win."""
+    """Load a checkpoint's optimizer state; ``--lr``, ``--momentum``, ``--weight-decay`` win.
+
+    ``optimizer`` was just built from ``config``, so its groups' weight decay is what the flags
+    ask for (``--weight-decay`` where it applies, 0 for a plugin's no-decay group); the
+    checkpoint's values would keep a run started without weight decay from ever getting it.
+    """
+    decays = [group.get("weight_decay") for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
-    for group in optimizer.param_groups:
+    for group, decay in zip(optimizer.param_groups, decays, strict=True):
         group["initial_lr"] = group["lr"] = config.lr
         if "momentum" in group:
             group["momentum"] = config.momentum
-        if group.get("weight_decay"):
-            group["weight_decay"] = config.weight_decay
+        if decay is not None:
+            group["weight_decay"] = decay
 
 
 def build_schedule(

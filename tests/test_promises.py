@@ -1,0 +1,440 @@
+"""The README's promises, each pinned by what the code does, not only by how a run ends.
+
+Each test names the one-line bug it is there to catch (found by planting such bugs and by
+``tox -e mutation``): a prediction normalised with 0.5/0.5, EXIF ignored, transparency dropped,
+16-bit grey clipped, evaluation in train mode, crop-flip on the test split, autocast or
+channels-last never reaching the model, label smoothing ignored, the datasets' constants swapped
+for others, flags given with --resume ignored, a signal's exit status, the checkpoint loader
+unpickling code, the safetensors size check switched off, the fp16 scaler's state lost.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import EXPT
+from exptorch import ExptError, hookimpl, load_image
+from exptorch.checkpoint import build_model, latest_checkpoint, load_checkpoint
+from exptorch.rundir import read_json, read_metrics
+from exptorch.testing import make_plugins, resume_expt, run_expt, tiny_splits
+from exptorch_plugins import fashion_mnist, losses
+
+# Published normalisation constants: CIFAR-10's per-channel mean and standard deviation over
+# all training pixels, and Fashion-MNIST's over its 60,000 training images.
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def normalised(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
+    """``(x / 255 - mean) / std`` per channel, written out here rather than borrowed."""
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (images.float() / 255 - m) / s
+
+
+# --- a model that reports what it is given ---------------------------------------------------
+
+
+class Probe(torch.nn.Module):
+    """conv -> batch norm -> dropout -> linear; each call appends what the model saw to ``seen``."""
+
+    def __init__(self, info: Any, seen: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(info.channels, 4, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(4)
+        self.drop = torch.nn.Dropout(0.5)
+        self.head = torch.nn.Linear(4 * info.height * info.width, info.num_classes)
+        self.seen = seen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        self.seen.append(
+            {
+                "training": self.training,
+                "grad": torch.is_grad_enabled(),
+                "autocast": torch.is_autocast_enabled("cpu"),
+                "conv_dtype": y.dtype,
+                "input_dtype": x.dtype,
+                "input_channels_last": x.is_contiguous(memory_format=torch.channels_last)
+                and not x.is_contiguous(),
+                "weight_channels_last": self.conv.weight.is_contiguous(
+                    memory_format=torch.channels_last
+                )
+                and not self.conv.weight.is_contiguous(),
+                "input": x.detach().float().clone() if not torch.is_grad_enabled() else None,
+            }
+        )
+        return self.head(self.drop(torch.relu(self.norm(y))).flatten(1).float())
+
+
+class ProbePlugin:
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    @hookimpl
+    def register_models(self, register: Any) -> None:
+        register("probe", lambda info, **_: Probe(info, self.seen), description="records inputs")
+
+
+def cifar10_run(tmp_path: Path, cifar10_dir: Path, **options: Any) -> tuple[Path, ProbePlugin]:
+    probe = ProbePlugin()
+    plugins = make_plugins(("probe", probe))
+    run = run_expt(
+        plugins, tmp_path / "runs", model="probe", dataset="cifar10", data_dir=str(cifar10_dir),
+        batch_size=20, echo=quiet, **options,
+    )  # fmt: skip
+    return run, probe
+
+
+def test_evaluation_runs_in_eval_mode_on_the_untouched_normalised_test_split(
+    tmp_path: Path, cifar10_dir: Path
+) -> None:
+    """README: test metrics after every epoch; crop-flip augments training only.
+
+    Bugs caught: ``model.eval()`` or ``model.train()`` dropped around evaluation (dropout and
+    batch norm then change the test loss), the transforms applied to test batches, the test
+    batches normalised with other constants.
+    """
+    run, probe = cifar10_run(tmp_path, cifar10_dir, epochs=2, transform=["crop-flip"])
+    modes = {(s["training"], s["grad"]) for s in probe.seen}
+    assert modes == {(True, True), (False, False)}  # train steps train, evaluation evaluates
+    evaluations = [s["input"] for s in probe.seen if not s["grad"]]
+    assert len(evaluations) == 2  # one batch of 40 test images per epoch
+
+    plugins = make_plugins(("probe", ProbePlugin()))
+    splits = plugins.get("dataset", "cifar10").factory(data_dir=cifar10_dir, download=False)
+    expected = normalised(splits.test_images, CIFAR10_MEAN, CIFAR10_STD)
+    for seen in evaluations:
+        assert torch.allclose(seen, expected, atol=1e-5)  # no crop, no flip, same order
+
+    checkpoint = load_checkpoint(plugins, latest_checkpoint(run, plugins))
+    model = build_model(plugins, checkpoint).eval()
+    with torch.no_grad():
+        logits = model(expected)
+    loss = torch.nn.functional.cross_entropy(logits, splits.test_labels).item()
+    accuracy = (logits.argmax(1) == splits.test_labels).float().mean().item()
+    last = [r for r in read_metrics(run / "metrics.jsonl") if "test_loss" in r][-1]
+    assert last["test_loss"] == pytest.approx(loss, rel=1e-5)
+    assert last["test_accuracy"] == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype", "scaled"),
+    [
+        ("fp32", torch.float32, False),
+        ("bf16", torch.bfloat16, False),
+        ("fp16", torch.float16, True),
+    ],
+)
+@pytest.mark.parametrize("channels_last", ["on", "off"])
+def test_precision_and_memory_format_reach_the_model(
+    tmp_path: Path, cifar10_dir: Path, precision: str, dtype: Any, scaled: bool, channels_last: str
+) -> None:
+    """--precision runs the model under autocast (with a gradient scaler for fp16), in training
+    and in evaluation; --channels-last hands the model channels-last inputs and weights."""
+    run, probe = cifar10_run(
+        tmp_path, cifar10_dir, epochs=1, limit_train_batches=2, precision=precision,
+        channels_last=channels_last,
+    )  # fmt: skip
+    assert len(probe.seen) == 3  # two training steps, one evaluation
+    for seen in probe.seen:
+        assert seen["autocast"] is (precision != "fp32")
+        assert seen["conv_dtype"] == dtype
+        assert seen["input_dtype"] == torch.float32  # autocast casts inside the ops
+        assert seen["input_channels_last"] is (channels_last == "on")
+        assert seen["weight_channels_last"] is (channels_last == "on")
+    plugins = make_plugins(("probe", ProbePlugin()))
+    extra = load_checkpoint(plugins, latest_checkpoint(run, plugins)).extra
+    assert ("grad_scaler" in extra) is scaled
+
+
+# --- label smoothing ---------------------------------------------------------------------------
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: float) -> float:
+    """(1 - eps) * cross-entropy + eps * the mean over classes of -log p, per sample, averaged."""
+    log_p = torch.log_softmax(logits.double(), dim=1)
+    hard = -log_p[torch.arange(len(labels)), labels]
+    uniform = -log_p.mean(dim=1)
+    return float(((1 - eps) * hard + eps * uniform).mean())
+
+
+def test_label_smoothing_is_the_textbook_formula() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    labels = torch.tensor([0, 2])
+    for eps in (0.0, 0.1, 0.3):
+        got = losses.cross_entropy(label_smoothing=eps)(logits, labels).item()
+        assert got == pytest.approx(smoothed_cross_entropy(logits, labels, eps), rel=1e-6)
+
+
+class ConstantLogits(torch.nn.Module):
+    """The same logits for every image, whatever the weights: the loss is known in advance."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+        self.register_buffer("logits", torch.linspace(2.0, -1.0, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1) + 0 * self.unused
+
+
+class ConstantPlugin:
+    @hookimpl
+    def register_models(self, register: Any) -> None:
+        register("constant", lambda info, **_: ConstantLogits(info.num_classes))
+
+
+def test_label_smoothing_reaches_the_training_loss(tmp_path: Path) -> None:
+    """--label-smoothing 0.2: the epoch's training loss is the smoothed loss of every image."""
+    plugins = make_plugins(("constant", ConstantPlugin()))
+    run = run_expt(plugins, tmp_path / "runs", model="constant", label_smoothing=0.2, echo=quiet)
+    labels = tiny_splits().train_labels
+    logits = torch.linspace(2.0, -1.0, 10).expand(len(labels), -1)
+    record = [r for r in read_metrics(run / "metrics.jsonl") if "epoch_train_loss" in r][-1]
+    expected = smoothed_cross_entropy(logits, labels, 0.2)
+    assert record["epoch_train_loss"] == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(smoothed_cross_entropy(logits, labels, 0.0), rel=1e-3)
+
+
+# --- the datasets' constants -------------------------------------------------------------------
+
+
+def test_cifar10_and_fashion_mnist_normalise_with_their_published_constants(
+    cifar10_dir: Path,
+) -> None:
+    plugins = make_plugins()
+    cifar = plugins.get("dataset", "cifar10").factory(data_dir=cifar10_dir, download=False)
+    assert (cifar.info.mean, cifar.info.std) == (CIFAR10_MEAN, CIFAR10_STD)
+    assert (fashion_mnist.MEAN, fashion_mnist.STD) == (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    # the bundled sample is real Fashion-MNIST: its own statistics are the published ones
+    sample = plugins.get("dataset", "fashion-mnist-sample").factory(
+        data_dir=Path("."), download=False
+    )
+    assert (sample.info.mean, sample.info.std) == (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    pixels = sample.train_images.double() / 255
+    assert pixels.mean().item() == pytest.approx(FASHION_MNIST_MEAN[0], abs=0.01)
+    assert pixels.std().item() == pytest.approx(FASHION_MNIST_STD[0], abs=0.01)
+
+
+# --- expt predict normalises with the checkpoint's statistics ----------------------------------
+
+
+def test_prediction_equals_a_hand_computed_forward_pass(tmp_path: Path) -> None:
+    """predict reads the file, scales to 0-1 and normalises with the checkpoint's mean and std
+    (Fashion-MNIST's 0.2860/0.3530 here, not 0.5/0.5), then takes the softmax."""
+    from exptorch.predict import predict_files
+
+    plugins = make_plugins()
+    run = run_expt(plugins, tmp_path / "runs", limit_train_batches=2, echo=quiet)
+    checkpoint = latest_checkpoint(run, plugins)
+    pixels = (np.arange(28 * 28).reshape(28, 28) * 7 % 256).astype(np.uint8)
+    image = tmp_path / "pattern.png"
+    Image.fromarray(pixels).save(image)
+
+    x = torch.from_numpy(pixels)[None, None]
+    model = build_model(plugins, load_checkpoint(plugins, checkpoint)).eval()
+    with torch.no_grad():
+        expected = torch.softmax(model(normalised(x, FASHION_MNIST_MEAN, FASHION_MNIST_STD)), 1)[0]
+    result = predict_files(plugins, checkpoint, [image], top=10, device="cpu")
+    got = dict(result.predictions[0].top)
+    classes = load_checkpoint(plugins, checkpoint).meta["info"]["classes"]
+    for i, name in enumerate(classes):
+        assert got[name] == pytest.approx(expected[i].item(), abs=2e-6), name
+
+
+# --- exptorch.load_image: known images, known pixels -------------------------------------------
+
+RED, BLUE, WHITE = [255, 0, 0], [0, 0, 255], [255, 255, 255]
+
+
+def pixels_of(path: Path, channels: int, height: int, width: int) -> np.ndarray:
+    """The loaded image as an (height, width, channels) array."""
+    return (
+        load_image(path, channels=channels, height=height, width=width).numpy().transpose(1, 2, 0)
+    )
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    """Stored 4 wide and 2 high, left half red, right half blue, with EXIF orientation 6
+    (rotate 90 degrees clockwise to show): upright it is 2 wide and 4 high, red on top."""
+    stored = np.zeros((2, 4, 3), np.uint8)
+    stored[:, :2], stored[:, 2:] = RED, BLUE
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = 6  # Orientation
+    path = tmp_path / "phone.png"
+    img.save(path, exif=exif.tobytes())
+    got = pixels_of(path, 3, 4, 2)
+    expected = np.array([[RED] * 2] * 2 + [[BLUE] * 2] * 2, np.uint8)
+    assert np.array_equal(got, expected)
+
+
+def test_transparency_is_composited_on_white(tmp_path: Path) -> None:
+    rgba = np.array([[[255, 0, 0, 255], [255, 0, 0, 0], [0, 0, 255, 128]]], np.uint8)
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    got = pixels_of(path, 3, 1, 3).astype(int)
+    # opaque red stays red, transparent becomes white, half-transparent blue is a pale blue
+    assert got[0, 0].tolist() == [255, 0, 0] and got[0, 1].tolist() == [255, 255, 255]
+    assert np.abs(got[0, 2] - [127, 127, 255]).max() <= 1
+    grey = pixels_of(path, 1, 1, 3)[0, :, 0].astype(int)  # ITU-R 601-2 luma of the same
+    assert np.abs(grey - [76, 255, 142]).max() <= 1
+
+
+def test_palette_images_take_their_palette_colours_and_transparency(tmp_path: Path) -> None:
+    img = Image.new("P", (3, 1))
+    img.putpalette([*RED, *BLUE, 0, 255, 0] + [0] * (256 * 3 - 9))
+    img.putdata([0, 1, 2])
+    img.save(tmp_path / "palette.png")
+    assert pixels_of(tmp_path / "palette.png", 3, 1, 3)[0].tolist() == [RED, BLUE, [0, 255, 0]]
+    img.save(tmp_path / "see-through.png", transparency=1)  # blue is the transparent colour
+    assert pixels_of(tmp_path / "see-through.png", 3, 1, 3)[0].tolist() == [RED, WHITE, [0, 255, 0]]
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path: Path) -> None:
+    values = np.array([[0, 257 * 100, 65535, 300]], np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I")  # really stored with 16 bits
+    assert pixels_of(path, 1, 1, 4)[0, :, 0].tolist() == [0, 100, 255, 1]
+    assert pixels_of(path, 3, 1, 4)[0, 1].tolist() == [100, 100, 100]  # grey repeated
+
+
+# --- --resume takes the flags given with it ----------------------------------------------------
+
+
+def test_lr_momentum_and_weight_decay_given_with_resume_take_effect(tmp_path: Path) -> None:
+    """README: flags given with --resume override the run's own settings."""
+    plugins = make_plugins()
+    run = run_expt(
+        plugins, tmp_path / "runs", lr=0.01, momentum=0.0, weight_decay=0.0, limit_train_batches=2,
+        echo=quiet,
+    )  # fmt: skip
+    first = load_checkpoint(plugins, latest_checkpoint(run, plugins)).optimizer_state
+    assert first["param_groups"][0]["momentum"] == 0.0
+    resume_expt(plugins, run, epochs=2, lr=0.05, momentum=0.9, weight_decay=0.001, echo=quiet)
+    second = load_checkpoint(plugins, latest_checkpoint(run, plugins))
+    assert second.epoch == 2
+    group = second.optimizer_state["param_groups"][0]
+    assert group["initial_lr"] == 0.05 and group["lr"] == pytest.approx(0.05)
+    assert group["momentum"] == 0.9 and group["weight_decay"] == 0.001
+    assert all("momentum_buffer" in s for s in second.optimizer_state["state"].values())
+    recorded = read_json(run / "config.json")["config"]
+    assert (recorded["lr"], recorded["momentum"], recorded["weight_decay"]) == (0.05, 0.9, 0.001)
+
+
+def test_the_fp16_gradient_scalers_state_is_restored_on_resume(tmp_path: Path) -> None:
+    """The scale is learned over many steps; a resumed fp16 run must go on from it. A scale of 3
+    is no power of two, so it can only be reached from the checkpoint."""
+    plugins = make_plugins()
+    run = run_expt(plugins, tmp_path / "runs", precision="fp16", limit_train_batches=2, echo=quiet)
+    path = latest_checkpoint(run, plugins)
+    payload = torch.load(path, weights_only=True)
+    assert payload["extra"]["grad_scaler"]["scale"] >= 1024
+    payload["extra"]["grad_scaler"]["scale"] = 3.0
+    torch.save(payload, path)
+    resume_expt(plugins, run, epochs=2, echo=quiet)
+    scale = load_checkpoint(plugins, latest_checkpoint(run, plugins)).extra["grad_scaler"]["scale"]
+    assert math.log2(scale / 3).is_integer(), scale  # 3 * 2**k: grown or backed off from 3
+
+
+# --- checkpoints are loaded safely ---------------------------------------------------------------
+
+
+class WritesMarker:
+    """Unpickling this opens (so creates) the marker file: code from the checkpoint runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_state_dict_checkpoint_with_a_pickled_payload_is_refused_unrun(tmp_path: Path) -> None:
+    """state_dict checkpoints load with weights_only=True: a payload is refused, never run."""
+    plugins = make_plugins()
+    run = run_expt(plugins, tmp_path / "runs", limit_train_batches=1, echo=quiet)
+    path = latest_checkpoint(run, plugins)
+    marker = tmp_path / "code-ran"
+    payload = torch.load(path, weights_only=True)
+    payload["meta"]["note"] = WritesMarker(marker)
+    torch.save(payload, path)
+    assert not marker.exists()
+    with pytest.raises(ExptError, match="holds pickled Python objects that exptorch does not load"):
+        load_checkpoint(plugins, path)
+    assert not marker.exists()
+    with pytest.raises(ExptError):
+        resume_expt(plugins, run, epochs=2, echo=quiet)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("part", ["weights", "state"])
+def test_the_safetensors_sidecar_names_a_file_whose_size_changed(tmp_path: Path, part: str) -> None:
+    plugins = make_plugins()
+    run = run_expt(
+        plugins, tmp_path / "runs", limit_train_batches=1, checkpoint_format="safetensors",
+        echo=quiet,
+    )  # fmt: skip
+    path = latest_checkpoint(run, plugins)
+    changed = path if part == "weights" else path.with_name(path.name + ".state")
+    assert changed.is_file(), sorted(p.name for p in path.parent.iterdir())
+    size = changed.stat().st_size
+    with open(changed, "ab") as fh:
+        fh.write(b"\0" * 8)
+    with pytest.raises(ExptError) as info:
+        load_checkpoint(plugins, path)
+    assert f"{changed.name} has {size + 8} bytes where the sidecar says {size}" in str(info.value)
+
+
+# --- signals: real processes, real exit statuses -----------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("times", [1, 2])
+def test_ctrl_c_during_training_exits_130(tmp_path: Path, times: int) -> None:
+    """README: the first Ctrl-C stops after the step and exits 130 with a checkpoint; a second
+    one stops at once, also 130. (SIGTERM's 143, once and twice: test_resume, test_reliability.)"""
+    run = tmp_path / "runs" / "c"
+    env = {**os.environ, "EXPT_DATA_DIR": str(tmp_path / "none"), "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(
+        [*EXPT, "run", "--dataset", "fashion-mnist-sample", "--device", "cpu", "--batch-size",
+         "16", "--epochs", "3", "--log-every", "1", "--name", "c"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        metrics = run / "metrics.jsonl"
+        while not (metrics.exists() and any("train_loss" in r for r in read_metrics(metrics))):
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.02)
+        for _ in range(times):
+            child.send_signal(signal.SIGINT)
+        _out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    state = read_json(run / "state.json")
+    assert state["state"] == "interrupted" and state["stop_reason"] == "interrupted by SIGINT"
+    if times == 1:
+        assert "continue with:" in err and "--resume" in err
+        assert list((run / "checkpoints").glob("epoch-001-step-*"))
