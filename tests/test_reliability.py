@@ -79,9 +79,10 @@ def test_sigkill_at_random_moments_then_resume_finishes(expt, tmp_path: Path) ->
             if child.poll() is None:
                 child.kill()
         assert (run / "config.json").is_file() and (run / "metrics.jsonl").is_file()
-        result = expt("run", "--resume", f"runs/{name}")
-        assert result.returncode == 0, f"attempt {attempt}: {result.stdout}{result.stderr}"
-        assert state(run)["state"] == "finished"
+        if state(run)["state"] != "finished":  # on a quick machine the run may beat the kill
+            result = expt("run", "--resume", f"runs/{name}")
+            assert result.returncode == 0, f"attempt {attempt}: {result.stdout}{result.stderr}"
+            assert state(run)["state"] == "finished"
         assert [r["epoch"] for r in epoch_records(run)] == [1, 2], attempt
         assert not any(p.name.startswith(".") for p in (run / "checkpoints").iterdir())
 
