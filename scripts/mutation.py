@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -38,7 +39,6 @@ LINKS = {
     "exptorch": "framework/exptorch",
     "exptorch_plugins": "plugins/exptorch_plugins",
     "tests": "tests",
-    "pyproject.toml": "pyproject.toml",
     "setup.cfg": "setup.cfg",
     "README.md": "README.md",
     "docs": "docs",
@@ -65,12 +65,29 @@ def link_workspace() -> None:
         link = WORKSPACE / name
         if not link.is_symlink():
             link.symlink_to(ROOT / target)
+    if (WORKSPACE / "pyproject.toml").is_symlink():
+        (WORKSPACE / "pyproject.toml").unlink()
     (WORKSPACE / "site").mkdir(exist_ok=True)
     (WORKSPACE / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
 
 
+def write_config(tests: list[str]) -> None:
+    """The repository's pyproject.toml, with ``--tests`` as mutmut's test selection if given."""
+    text = (ROOT / "pyproject.toml").read_text()
+    if tests:
+        selection = ", ".join(f'"{t}"' for t in tests)
+        text = re.sub(
+            r"(?m)^pytest_add_cli_args_test_selection = .*$",
+            f"pytest_add_cli_args_test_selection = [{selection}]",
+            text,
+        )
+    target = WORKSPACE / "pyproject.toml"
+    if not target.is_file() or target.read_text() != text:
+        target.write_text(text)
+
+
 def module_glob(arg: str) -> str:
-    """``plugins/exptorch_plugins/schedules.py``, ``exptorch_plugins.schedules`` -> a mutant glob."""
+    """``plugins/exptorch_plugins/schedules.py`` or ``exptorch_plugins.schedules``: a glob."""
     path = arg.removesuffix(".py").replace(os.sep, ".")
     for prefix in ("framework.", "plugins."):
         path = path.removeprefix(prefix)
@@ -106,7 +123,10 @@ def scores(only: list[str]) -> dict[str, Counter[str]]:
 
 
 def print_scores(by_module: dict[str, Counter[str]]) -> None:
-    print(f"{'module':36} {'killed':>7} {'survived':>8} {'no tests':>8} {'total':>6} {'score':>6}")
+    print(
+        f"{'module':36} {'killed':>7} {'survived':>8} {'no tests':>8} {'total':>6} {'score':>6}"
+        "  (not yet checked)"
+    )
     total: Counter[str] = Counter()
     for module, c in by_module.items():
         total.update(c)
@@ -114,6 +134,7 @@ def print_scores(by_module: dict[str, Counter[str]]) -> None:
         print(
             f"{module:36} {c['killed']:>7} {c['survived']:>8} {c['no tests']:>8} {checked:>6} "
             f"{100 * c['killed'] / checked:>5.1f}%"
+            + (f"  ({c['not checked']})" * bool(c["not checked"]))
         )
     checked = sum(total.values()) - total["not checked"]
     if checked:
@@ -127,6 +148,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("modules", nargs="*", help="module names or files (default: all)")
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutants (2)")
+    parser.add_argument(
+        "--tests",
+        action="append",
+        default=[],
+        help="test files to collect coverage from (default: tests/); fewer is faster",
+    )
     parser.add_argument("--score", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="show the surviving mutants")
     args = parser.parse_args()
@@ -147,6 +174,7 @@ def main() -> int:
                 subprocess.run([mutmut, "show", name], cwd=WORKSPACE, env=env)
         return 0
     if not args.score:
+        write_config(args.tests)
         command = [mutmut, "run", "--max-children", str(args.max_children), *globs]
         code = subprocess.run(command, cwd=WORKSPACE, env=env).returncode
         if code:

@@ -438,3 +438,57 @@ def test_ctrl_c_during_training_exits_130(tmp_path: Path, times: int) -> None:
     if times == 1:
         assert "continue with:" in err and "--resume" in err
         assert list((run / "checkpoints").glob("epoch-001-step-*"))
+
+
+def test_predict_json_names_every_field(tmp_path: Path) -> None:
+    """``expt predict --json`` is for machines: its field names are an interface."""
+    from exptorch.predict import predict_files
+
+    plugins = make_plugins()
+    run = run_expt(plugins, tmp_path / "runs", limit_train_batches=1, echo=quiet)
+    checkpoint = latest_checkpoint(run, plugins)
+    image = tmp_path / "grey.png"
+    Image.fromarray(np.full((28, 28), 90, np.uint8)).save(image)
+    missing = tmp_path / "missing.png"
+    data = predict_files(plugins, checkpoint, [image, missing], top=2, device="cpu").to_dict()
+    assert data["checkpoint"] == str(checkpoint)
+    assert data["input"] == {"channels": 1, "height": 28, "width": 28}
+    assert data["errors"] == [{"file": str(missing), "error": f"{missing} does not exist."}]
+    (prediction,) = data["predictions"]
+    assert set(prediction) == {"file", "class", "probability", "top"}
+    assert prediction["file"] == str(image)
+    best = prediction["top"][0]
+    assert (prediction["class"], prediction["probability"]) == (best["class"], best["probability"])
+    assert [set(t) for t in prediction["top"]] == [{"class", "probability"}] * 2
+
+
+def test_onecycle_rises_from_a_tenth_to_the_full_rate_over_the_first_quarter() -> None:
+    """README's --schedule onecycle: up linearly from 0.1 over 25% of the steps, then a cosine
+    down to 0.001 (mutmut: the ramp's slope survived every run-level test)."""
+    from exptorch_plugins import schedules
+
+    factor = schedules.onecycle(total_steps=800)
+    assert [factor(s) for s in (0, 100, 200)] == pytest.approx([0.1, 0.55, 1.0])
+    assert factor(500) == pytest.approx(0.001 + 0.999 * 0.5)  # half-way down the cosine
+    assert factor(800) == pytest.approx(0.001)
+
+
+def test_a_resumed_run_ignores_saved_state_of_a_callback_it_no_longer_has() -> None:
+    """Callback state is restored by name; state of a callback the resumed run does not use
+    (an option turned off with --resume) is left alone instead of failing the resume."""
+    from exptorch.events import Callback, Events
+
+    class Counter(Callback):
+        def __init__(self) -> None:
+            self.count = 0
+
+        def state_dict(self) -> dict[str, int]:
+            return {"count": self.count}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self.count = state["count"]
+
+    counter = Counter()
+    events = Events([("counter", counter)])
+    events.load_state_dict({"counter": {"count": 7}, "gone": {"count": 3}})
+    assert counter.count == 7
