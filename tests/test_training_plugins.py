@@ -312,6 +312,7 @@ class LossNamedMetric:
         ({"step_gamma": 2.0}, "--step-gamma must be at most 1, not 2.0."),
         ({"mixup_alpha": float("nan"), "transform": ["mixup"]}, "--mixup-alpha must be a finite"),
         ({"warmup": 1.5}, "--warmup is a fraction of all steps below 1"),
+        ({"sgd_nesterov": True}, "--sgd-nesterov needs --momentum above 0"),
     ],
 )
 def test_bad_choices_are_one_sentence_and_write_nothing(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from exptorch import Option, hookimpl
+from exptorch import ExptError, Option, hookimpl
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +41,8 @@ def sgd(
 ) -> torch.optim.Optimizer:
     import torch
 
+    if sgd_nesterov and momentum <= 0:
+        raise ExptError("--sgd-nesterov needs --momentum above 0 (0.9, say).")
     groups = param_groups(model, weight_decay, sgd_no_decay_norm_bias)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=sgd_nesterov)
 
