@@ -492,3 +492,34 @@ def test_a_resumed_run_ignores_saved_state_of_a_callback_it_no_longer_has() -> N
     events = Events([("counter", counter)])
     events.load_state_dict({"counter": {"count": 7}, "gone": {"count": 3}})
     assert counter.count == 7
+
+
+def test_an_event_reaches_only_the_callbacks_that_implement_it_in_order() -> None:
+    """A callback overrides only the methods it needs, subclass of Callback or not; only
+    state that is not None is saved."""
+    from exptorch.events import EVENTS, Callback, Events
+
+    calls: list[tuple[str, int]] = []
+
+    class Counter(Callback):
+        def on_step_end(self, run: Any, step: int, loss: float) -> None:
+            calls.append(("counter", step))
+
+        def state_dict(self) -> dict[str, int]:
+            return {"steps": len(calls)}
+
+    class Plain:  # duck-typed: no Callback base, so none of its defaults
+        def on_step_end(self, run: Any, step: int, loss: float) -> None:
+            calls.append(("plain", step))
+
+        def state_dict(self) -> None:
+            return None
+
+    events = Events([("counter", Counter()), ("plain", Plain()), ("quiet", Callback())])
+    assert len(events.step_end) == 2 and events.before_optimizer_step == ()
+    for event in EVENTS:
+        if event != "on_step_end":
+            events.fire(event, None, epoch=1, step=1, metrics={}, state="finished")
+    events.fire("on_step_end", None, step=3, loss=0.5)
+    assert calls == [("counter", 3), ("plain", 3)]
+    assert events.state_dict() == {"counter": {"steps": 2}}

@@ -40,6 +40,26 @@ def test_redact_mappings_command_lines_and_values() -> None:
     }
 
 
+def test_redact_masks_only_what_is_secret() -> None:
+    # secret-named variables of 6 characters or more are secret values, longest masked first;
+    # a long value under an ordinary name is not
+    env = {"A_TOKEN": "abc123", "B_TOKEN": "abc123-and-more", "SHORT_TOKEN": "abc12"}
+    env["HOME"] = "/home/alice"
+    text = "abc123-and-more abc123 /home/alice abc12"
+    assert redact(text, env) == f"{MASK} {MASK} /home/alice abc12"
+    # an empty or unset secret option is left as it is; tuples stay tuples
+    assert redact({"hub_token": None, "db_password": "", "pair": ("a", "b")}, env) == {
+        "hub_token": None, "db_password": "", "pair": ("a", "b"),
+    }  # fmt: skip
+    # in a command line only the value right after a secret flag, or after its "=", is masked:
+    # not a following flag, not a later argument, not a positional that mentions a token
+    argv = ["expt", "--hub-token", "--lr", "1", "--db-password", "pw", "tokenizer.json", "x"]
+    assert redact(argv, env) == [
+        "expt", "--hub-token", "--lr", "1", "--db-password", MASK, "tokenizer.json", "x",
+    ]  # fmt: skip
+    assert redact(["--api-key=a=b"], env) == [f"--api-key={MASK}"]
+
+
 class Vault(Logger):
     """A logger plugin whose option is a token, as a real tracking service's would be."""
 

@@ -144,12 +144,31 @@ def test_crop_flip_pads_with_black_and_is_reproducible() -> None:
     assert torch.equal(out, again)
 
 
+def test_crop_flip_pads_each_channel_with_its_black_and_keeps_the_batchs_layout() -> None:
+    info = DatasetInfo(3, 8, 8, tuple("ab"), (0.2, 0.4, 0.6), (0.5, 0.25, 0.125))
+    with pytest.raises(ExptError, match=r"--crop-flip-padding 8 must be smaller than the images"):
+        transforms.crop_flip(info, crop_flip_padding=8)
+    transform = transforms.crop_flip(info, crop_flip_padding=7)
+    white = [(1 - m) / s for m, s in zip(info.mean, info.std, strict=True)]
+    black = [-m / s for m, s in zip(info.mean, info.std, strict=True)]
+    images = torch.tensor(white).view(1, 3, 1, 1).expand(32, 3, 8, 8)
+    for dtype, layout in ((torch.float16, torch.channels_last), (torch.float32, None)):
+        batch = images.to(dtype).contiguous(memory_format=layout or torch.contiguous_format)
+        out, _ = transform(batch, torch.zeros(32), torch.Generator().manual_seed(0))
+        assert out.dtype == dtype
+        assert out.is_contiguous(memory_format=layout or torch.contiguous_format)
+        for c in range(3):  # every pixel is the image's white or the channel's own black
+            near = [(out[:, c].float() - v).abs() < 0.01 for v in (white[c], black[c])]
+            assert (near[0] | near[1]).all() and near[1].any()
+
+
 def test_mixup_blends_images_and_targets_alike() -> None:
     transform = transforms.mixup(INFO, mixup_alpha=1.0)
     images = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 1, 28, 28)
     labels = torch.arange(8)
     out, targets = transform(images, labels, torch.Generator().manual_seed(0))
     assert targets.shape == (8, 10) and torch.allclose(targets.sum(dim=1), torch.ones(8))
+    assert transforms.soft_targets(targets, 10) is targets  # probabilities pass as they are
     lam = targets.max(dim=1).values[0].item()
     # each image is lam * itself + (1 - lam) * its partner; targets say who the partner is
     for i in range(8):
@@ -171,6 +190,42 @@ def test_cutmix_mixes_targets_by_pasted_area_and_refuses_tiny_images() -> None:
     tiny = DatasetInfo(1, 1, 1, tuple("ab"), (0.5,), (0.25,))
     with pytest.raises(ExptError, match="cutmix needs images of at least 2x2 pixels"):
         transforms.cutmix(tiny)
+
+
+@pytest.mark.parametrize("name", ["crop-flip", "mixup", "cutmix"])
+def test_transforms_draw_only_from_the_generator_they_are_given(name: str) -> None:
+    # what makes a resumed run transform its remaining batches as the first run did
+    transform = make_plugins().get("transform", name).factory(INFO)
+    images, labels = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+    torch.manual_seed(0)
+    first = transform(images, labels, torch.Generator().manual_seed(7))
+    torch.manual_seed(1)
+    again = transform(images, labels, torch.Generator().manual_seed(7))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_cutmix_pastes_a_box_of_the_drawn_area_centred_anywhere() -> None:
+    transform = transforms.cutmix(INFO, cutmix_alpha=1e6)  # lam ~ 0.5: a 19-pixel cut
+    images = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 28, 28)
+    pasted = torch.stack(  # one box per batch, at a new place in each batch
+        [
+            (
+                transform(images, torch.arange(8), torch.Generator().manual_seed(seed))[0] != images
+            ).any(dim=(0, 1))
+            for seed in range(64)
+        ]
+    )
+    assert pasted.sum(dim=(1, 2)).max() == 18 * 18  # 19 // 2 each side of the centre
+    assert pasted.any(dim=0).all()  # the first and last rows and columns included
+
+
+def test_cutmix_needs_both_sides_of_two_pixels_or_more() -> None:
+    for height, width in ((1, 5), (5, 1)):
+        with pytest.raises(ExptError, match=f"this dataset's are {height}x{width}"):
+            transforms.cutmix(DatasetInfo(1, height, width, tuple("ab"), (0.5,), (0.25,)))
+    two = transforms.cutmix(DatasetInfo(1, 2, 2, tuple("ab"), (0.5,), (0.25,)))
+    out, _ = two(torch.zeros(4, 1, 2, 2), torch.arange(4) % 2, torch.Generator())
+    assert out.shape == (4, 1, 2, 2)
 
 
 class TinyImages:
