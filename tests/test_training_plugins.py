@@ -582,3 +582,28 @@ def test_a_third_party_optimizer_schedule_loss_and_early_stop(tmp_path: Path) ->
     assert state["state"] == "stopped" and len(rows) <= 2
     assert plugin.ended == ["stopped"]
     assert saved_config(run)["loss"] == "squared"
+
+
+class SharedOption:
+    """Two models declaring one option, as a family of models does (tv-resnet18, tv-resnet34)."""
+
+    @hookimpl
+    def register_models(self, register: Any) -> None:
+        def build(info: DatasetInfo, fam_width: int = 8) -> torch.nn.Module:
+            size = info.channels * info.height * info.width
+            return torch.nn.Sequential(
+                torch.nn.Flatten(), torch.nn.Linear(size, fam_width), torch.nn.ReLU(),
+                torch.nn.Linear(fam_width, info.num_classes),
+            )  # fmt: skip
+
+        width = Option("fam_width", 8, "Hidden units.", int, minimum=1)
+        register("fam-small", build, options=[width])
+        register("fam-large", build, options=[width])
+
+
+def test_an_option_shared_by_registrations_belongs_to_each(tmp_path: Path) -> None:
+    plugins = make_plugins(("family", SharedOption()))
+    run = run_expt(plugins, tmp_path / "runs", model="fam-large", fam_width=16, echo=lambda _: None)
+    assert saved_config(run)["options"]["fam_width"] == 16
+    with pytest.raises(ExptError, match=r"--fam-width belongs to model 'fam-small' \(or 1 more\)"):
+        run_expt(plugins, tmp_path / "runs", fam_width=16)

@@ -134,13 +134,20 @@ def resolve_parts(config: RunConfig, plugins: Plugins) -> Parts:
 def check_options_used(config: RunConfig, plugins: Plugins, used: Sequence[Registration]) -> None:
     """An option set away from its default must belong to a plugin this run uses."""
     in_use = {(reg.kind, reg.name) for reg in used}
+    declared: dict[str, list[Registration]] = {}  # one option may be shared by registrations
     for reg, opt in plugins.options():
-        value = config.options.get(opt.name, opt.default)
-        if value != opt.default and (reg.kind, reg.name) not in in_use:
-            raise ExptError(
-                f"{opt.flag} belongs to {reg.kind} {reg.name!r}, which this run does not use; "
-                f"choose it (--{reg.kind.replace(' ', '-')} {reg.name}) or drop {opt.flag}."
-            )
+        declared.setdefault(opt.name, []).append(reg)
+    for name, regs in declared.items():
+        first = next(o for o in regs[0].options if o.name == name)
+        value = config.options.get(name, first.default)
+        if value == first.default or any((reg.kind, reg.name) in in_use for reg in regs):
+            continue
+        reg = regs[0]
+        others = f" (or {len(regs) - 1} more)" if len(regs) > 1 else ""
+        raise ExptError(
+            f"{first.flag} belongs to {reg.kind} {reg.name!r}{others}, which this run does not "
+            f"use; choose it (--{reg.kind.replace(' ', '-')} {reg.name}) or drop {first.flag}."
+        )
 
 
 def resolve_monitor(config: RunConfig, metrics: dict[str, Metric]) -> tuple[str, str]:
