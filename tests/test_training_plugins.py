@@ -160,6 +160,10 @@ def test_crop_flip_pads_each_channel_with_its_black_and_keeps_the_batchs_layout(
         for c in range(3):  # every pixel is the image's white or the channel's own black
             near = [(out[:, c].float() - v).abs() < 0.01 for v in (white[c], black[c])]
             assert (near[0] | near[1]).all() and near[1].any()
+    out, _ = transform(images, torch.zeros(32), torch.Generator().manual_seed(0))
+    assert out.is_contiguous()  # an expanded (not contiguous) batch comes out contiguous
+    columns = (out[:, 0] > 0).any(dim=1).sum(dim=1)  # columns with some of the image left
+    assert columns.min() <= 2  # shifted by 6 or 7 pixels: the padding asked for, not 4
 
 
 def test_mixup_blends_images_and_targets_alike() -> None:
