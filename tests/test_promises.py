@@ -523,3 +523,29 @@ def test_an_event_reaches_only_the_callbacks_that_implement_it_in_order() -> Non
     events.fire("on_step_end", None, step=3, loss=0.5)
     assert calls == [("counter", 3), ("plain", 3)]
     assert events.state_dict() == {"counter": {"steps": 2}}
+
+
+def test_a_config_file_takes_the_option_names_as_keys_with_their_types(tmp_path: Path) -> None:
+    """README "Running": ``batch-size`` or ``batch_size``; a list option takes one name or a
+    list; the options without a default (seed, the batch limits) are integers; a choice is kept.
+    """
+    from exptorch.config import resolve_config
+
+    (tmp_path / "exp.toml").write_text(
+        "batch-size = 32\nweight_decay = 0.5\nlimit-train-batches = 3\nlimit_eval_batches = 2\n"
+        'seed = 7\nlogger = "tensorboard"\ntransform = ["crop-flip", "mixup"]\nkeep = "best"\n'
+        'checkpoint-every = "off"\n'
+    )
+    config = resolve_config({}, config_file=tmp_path / "exp.toml")
+    assert (config.batch_size, config.weight_decay) == (32, 0.5)
+    assert (config.limit_train_batches, config.limit_eval_batches, config.seed) == (3, 2, 7)
+    assert config.logger == ["tensorboard"]
+    assert config.transform == ["crop-flip", "mixup"]
+    assert (config.keep, config.checkpoint_every) == ("best", "off")
+
+
+def test_a_saved_configuration_loads_without_the_keys_this_version_does_not_know() -> None:
+    from exptorch.config import RunConfig
+
+    saved = {**RunConfig(epochs=3, logger=["tensorboard"]).to_dict(), "retired_option": 1}
+    assert RunConfig.from_dict(saved) == RunConfig(epochs=3, logger=["tensorboard"])

@@ -96,3 +96,43 @@ def test_existing_run_is_never_overwritten(expt, tmp_path: Path) -> None:
 def test_unknown_flag_is_a_usage_error(expt) -> None:
     result = expt("run", "--epoch", "3")
     assert result.returncode == 2 and "No such option '--epoch'" in result.stderr
+
+
+# In-process, so that `tox -e mutation` sees which tests call exptorch.config (it cannot see
+# inside an `expt` subprocess): each config-file mistake's whole sentence.
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('epochs = "ten"', "Config key 'epochs' must be an integer, not 'ten'."),
+        ("lr = true", "Config key 'lr' must be a number, not True."),
+        ("seed = 1.5", "Config key 'seed' must be an integer, not 1.5."),
+        ('keep = "some"', "Config key 'keep' must be one of all, last, best, not 'some'."),
+        ("augment = 1", "Config key 'augment' must be true or false, not 1."),
+        ("logger = 5", "Config key 'logger' must be a list, not 5."),
+        # options that plugins declare: a flag, and one whose type is not a number
+        ("demo-fast = 1", "Config key 'demo_fast' must be true or false, not 1."),
+        ("demo-root = 5", "Config key 'demo_root' must be a string, not 5."),
+    ],
+)
+def test_config_file_values_of_the_wrong_kind(tmp_path: Path, content: str, message: str) -> None:
+    from exptorch import ExptError, Option
+    from exptorch.config import resolve_config
+
+    declared = [Option("demo_fast", default=False, is_flag=True), Option("demo_root", type=Path)]
+    (tmp_path / "bad.toml").write_text(content + "\n")
+    with pytest.raises(ExptError) as caught:
+        resolve_config({}, config_file=tmp_path / "bad.toml", plugin_options=declared)
+    assert str(caught.value) == message
+
+
+def test_config_file_that_cannot_be_read(tmp_path: Path) -> None:
+    from exptorch import ExptError
+    from exptorch.config import read_config_file
+
+    with pytest.raises(ExptError, match=r"^Config file .*nope\.toml does not exist\.$"):
+        read_config_file(tmp_path / "nope.toml")
+    with pytest.raises(ExptError, match=r"^Cannot read config file .*: Is a directory\.$"):
+        read_config_file(tmp_path)
+    (tmp_path / "bad.toml").write_text("epochs = \n")
+    with pytest.raises(ExptError, match=r"^Config file .*bad\.toml is not valid TOML: "):
+        read_config_file(tmp_path / "bad.toml")
