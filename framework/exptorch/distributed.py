@@ -78,6 +78,17 @@ def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]
     return tensor.tolist()
 
 
+def all_reduce_tensor(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` summed over all ranks, as a copy on ``device`` (itself outside DDP)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    total = tensor.to(device).clone()
+    dist.all_reduce(total)
+    return total
+
+
 def broadcast_flag(flag: bool, device: torch.device) -> bool:
     """Rank 0's ``flag`` on every rank (for stop decisions all ranks must share)."""
     import torch

@@ -46,20 +46,17 @@ def evaluate(
     autocast: Callable[[], Any] | None = None,
     metrics: Mapping[str, Metric] | None = None,
 ) -> dict[str, float]:
-    """Test loss (mean cross-entropy) and every metric over ``batches``, in eval mode.
+    """Test loss (mean cross-entropy) and each of ``metrics`` (by key) over ``batches``.
 
-    Without ``metrics``, ``test_accuracy`` alone. Under DDP each rank evaluates its
-    share and the sums are added up across ranks.
+    The model runs in eval mode. Under DDP each rank evaluates its share and the
+    sums are added up across ranks.
     """
     import torch
     import torch.nn.functional as F
 
-    from exptorch.distributed import all_reduce_sum
+    from exptorch.distributed import all_reduce_sum, all_reduce_tensor
 
-    if metrics is None:
-        from exptorch_plugins.metrics import TopK
-
-        metrics = {"test_accuracy": TopK(1)}
+    metrics = metrics or {}
     for metric in metrics.values():
         metric.reset(batches.device)
     model.eval()
@@ -76,17 +73,8 @@ def evaluate(
     total_loss, n_seen = all_reduce_sum([total_loss, seen], batches.device)
     result = {"test_loss": total_loss / max(n_seen, 1)}
     for key, metric in metrics.items():
-        result[key] = metric.compute(_reduced(metric.sums(), batches.device))
+        result[key] = metric.compute(all_reduce_tensor(metric.sums(), batches.device))
     return result
-
-
-def _reduced(sums: torch.Tensor, device: torch.device) -> torch.Tensor:
-    import torch
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        sums = sums.to(device).clone()
-        torch.distributed.all_reduce(sums)
-    return sums
 
 
 def prediction_samples(
@@ -153,6 +141,8 @@ class Trainer:
     last_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     #: When the last checkpoint was written (``time.monotonic()``), for ``--checkpoint-every``.
     last_saved: float = 0.0
+    #: ``--checkpoint-every`` as (seconds, steps), parsed once when training starts.
+    every: tuple[float | None, int | None] = (None, None)
 
     @property
     def config(self) -> Any:
@@ -165,6 +155,9 @@ class Trainer:
         self.signals.install()
         if self.stop_signal():  # a signal came while the run folder was being written
             raise self.interrupted(self.run.start_epoch, None)
+        from exptorch.config import parse_every
+
+        self.every = parse_every(self.config.checkpoint_every)
         self.last_saved = time.monotonic()
         if self.world.is_main:
             self.plugins.notify("run_start", run=self.run)
@@ -339,11 +332,9 @@ class Trainer:
 
     def checkpoint_due(self, batch: int) -> bool:
         """Whether ``--checkpoint-every`` asks for a checkpoint after this step of the epoch."""
-        from exptorch.config import parse_every
-
         if batch >= len(self.train_batches):  # the epoch's own checkpoint comes next
             return False
-        seconds, steps = parse_every(self.config.checkpoint_every)
+        seconds, steps = self.every
         if steps is not None:
             return self.run.step % steps == 0
         return seconds is not None and time.monotonic() - self.last_saved >= seconds
