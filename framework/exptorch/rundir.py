@@ -203,7 +203,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 FINAL_KEYS = ("test_accuracy", "test_loss", "epoch_train_loss")
 
 
-def _finite(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool, not nan or inf)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -382,7 +383,7 @@ class RunDir:
         kept = [r for r in records if int(r.get("step", 0)) <= step]
         epochs = [r for r in kept if "test_accuracy" in r]
         self._final = final_metrics(epochs[-1]) if epochs else {}
-        accuracies = [r["test_accuracy"] for r in epochs if _finite(r["test_accuracy"])]
+        accuracies = [r["test_accuracy"] for r in epochs if finite_number(r["test_accuracy"])]
         self._best, self._best_is_whole = (max(accuracies) if accuracies else None), True
         if len(kept) != len(lines) or (lines and not lines[-1].endswith("\n")):
             try:
@@ -409,7 +410,7 @@ class RunDir:
             current["final"] = self._final
         if self._best is not None:  # the caller's own best_test_accuracy, if given, wins
             prior: Any = current.get("best_test_accuracy")
-            if not self._best_is_whole and _finite(prior):
+            if not self._best_is_whole and finite_number(prior):
                 self._best = max(self._best, float(prior))
             current["best_test_accuracy"] = self._best
         current.update(fields, state=state, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -432,7 +433,7 @@ class RunDir:
             raise disk_error(exc, f"write {self.metrics_path}", self._resume_hint()) from None
         if "test_accuracy" in record:  # an epoch's end: state.json's next write carries it
             self._final = final_metrics(record)
-            if _finite(accuracy := record["test_accuracy"]):
+            if finite_number(accuracy := record["test_accuracy"]):
                 self._best = accuracy if self._best is None else max(self._best, accuracy)
 
     def sync(self) -> None:

@@ -11,7 +11,6 @@ thousand runs costs two small files each, however long they trained; ``show``,
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from exptorch.rundir import (
     RunDir,
     dumps,
     final_metrics,
+    finite_number,
     iter_metrics,
     pid_alive,
     read_json,
@@ -145,18 +145,14 @@ def _still_running(path: Path, state_info: dict[str, Any]) -> bool:
     return locked if locked is not None else pid_alive(state_info.get("pid"))
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _best(accuracies: Sequence[Any]) -> float | None:
     """The highest real accuracy (the loop records -1 before its first epoch), or ``None``."""
-    real = [float(a) for a in accuracies if _finite(a) and a >= 0]
+    real = [float(a) for a in accuracies if finite_number(a) and a >= 0]
     return max(real) if real else None
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
-    return {k: float(values[k]) for k in FINAL_KEYS if _finite(values.get(k))}
+    return {k: float(values[k]) for k in FINAL_KEYS if finite_number(values.get(k))}
 
 
 def list_runs(runs_dir: Path) -> list[Run]:

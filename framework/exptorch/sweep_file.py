@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from exptorch.config import RunConfig, config_fields, read_config_file, resolve_config
 from exptorch.errors import ExptError
+from exptorch.rundir import finite_number
 
 if TYPE_CHECKING:
     import optuna
@@ -412,7 +413,7 @@ def _read_space(key: str, name: str, space: Any) -> Parameter:
         if len({json.dumps(v) for v in value}) != len(value):
             raise ExptError(f"Sweep parameter {key}: choice lists a value twice.")
         return Parameter(key, name, kind, choices=tuple(value))
-    if not isinstance(value, list) or len(value) != 2 or not all(_is_number(v) for v in value):
+    if not isinstance(value, list) or len(value) != 2 or not all(finite_number(v) for v in value):
         raise ExptError(f"Sweep parameter {key}: {kind} needs [low, high], two numbers.")
     low, high = value
     if kind == "int" and not all(isinstance(v, int) for v in value):
@@ -426,17 +427,13 @@ def _read_space(key: str, name: str, space: Any) -> Parameter:
         raise ExptError(f"Sweep parameter {key}: log-uniform needs a positive low end, not {low}.")
     step = space.get("step")
     if step is not None:
-        if not _is_number(step) or step <= 0 or (kind == "int" and not isinstance(step, int)):
+        if not finite_number(step) or step <= 0 or (kind == "int" and not isinstance(step, int)):
             raise ExptError(f"Sweep parameter {key}: step must be a positive number, not {step!r}.")
         if step > high - low:
             raise ExptError(f"Sweep parameter {key}: step {step} is wider than the range.")
     if kind == "int":
         return Parameter(key, name, kind, int(low), int(high), step)
     return Parameter(key, name, kind, float(low), float(high), step)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _one_of(table: Mapping[str, Any], key: str, allowed: Sequence[str], default: str) -> str:
