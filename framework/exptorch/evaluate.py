@@ -29,17 +29,54 @@ def evaluate_checkpoint(
     trust: bool = False,
 ) -> dict[str, Any]:
     """Test a checkpoint on a dataset's test split; return a JSON-ready report."""
-    import torch
-    import torch.nn.functional as F
-
     from exptorch.checkpoint import load_trained
     from exptorch.data import Batches
-    from exptorch.train import default_data_dir
 
     trained = load_trained(plugins, checkpoint_path, device=device, trust=trust)
-    checkpoint, info, model, target = (
-        trained.checkpoint, trained.info, trained.model, trained.device
+    checkpoint, info = trained.checkpoint, trained.info
+    name, splits = load_test_split(plugins, checkpoint, checkpoint_path, info, dataset, data_dir,
+                              options, download)  # fmt: skip
+    batches = Batches(
+        splits.test_images, splits.test_labels, batch_size=batch_size, device=trained.device,
+        mean=info.mean, std=info.std, shuffle=False,
     )  # fmt: skip
+    confusion, total_loss = confusion_and_loss(trained.model, batches, info.num_classes)
+    seen = int(confusion.sum())
+    correct = confusion.diagonal()
+    per_class = confusion.sum(dim=1)
+    return {
+        "checkpoint": str(checkpoint_path),
+        "epoch": checkpoint.epoch,
+        "dataset": name,
+        "images": seen,
+        "test_loss": total_loss / max(seen, 1),
+        "test_accuracy": int(correct.sum()) / max(seen, 1),
+        "classes": list(info.classes),
+        "per_class": [
+            {
+                "class": c,
+                "images": int(n),
+                "correct": int(r),
+                "accuracy": int(r) / int(n) if n else None,
+            }
+            for c, n, r in zip(info.classes, per_class.tolist(), correct.tolist(), strict=True)
+        ],
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def load_test_split(
+    plugins: Plugins,
+    checkpoint: Any,
+    checkpoint_path: Path,
+    info: Any,
+    dataset: str | None,
+    data_dir: Path | None,
+    options: Mapping[str, Any] | None,
+    download: bool,
+) -> tuple[str, Any]:
+    """The dataset's name and splits (the checkpoint's unless given), checked against the model."""
+    from exptorch.train import default_data_dir
 
     saved = checkpoint.config
     name = dataset or checkpoint.meta.get("dataset") or saved.get("dataset")
@@ -64,42 +101,23 @@ def evaluate_checkpoint(
             f"Dataset {name!r} has {shape[0]}x{shape[1]}x{shape[2]} images (channels x height "
             f"x width), but the model takes {info.channels}x{info.height}x{info.width}."
         )
+    return name, splits
 
-    batches = Batches(
-        splits.test_images, splits.test_labels, batch_size=batch_size, device=target,
-        mean=info.mean, std=info.std, shuffle=False,
-    )  # fmt: skip
-    k = info.num_classes
-    confusion = torch.zeros(k, k, dtype=torch.int64)
+
+def confusion_and_loss(model: Any, batches: Any, classes: int) -> tuple[Any, float]:
+    """The confusion matrix (true class by row, predicted by column) and the summed loss."""
+    import torch
+    import torch.nn.functional as F
+
+    confusion = torch.zeros(classes, classes, dtype=torch.int64)
     total_loss = 0.0
     with torch.no_grad():
         for images, labels in batches:
             logits = model(images).float()
             total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            pairs = labels.cpu() * k + logits.argmax(dim=1).cpu()
-            confusion += torch.bincount(pairs, minlength=k * k).view(k, k)
-    seen = int(confusion.sum())
-    correct = confusion.diagonal()
-    per_class = confusion.sum(dim=1)
-    return {
-        "checkpoint": str(checkpoint_path),
-        "epoch": checkpoint.epoch,
-        "dataset": name,
-        "images": seen,
-        "test_loss": total_loss / max(seen, 1),
-        "test_accuracy": int(correct.sum()) / max(seen, 1),
-        "classes": list(info.classes),
-        "per_class": [
-            {
-                "class": c,
-                "images": int(n),
-                "correct": int(r),
-                "accuracy": int(r) / int(n) if n else None,
-            }
-            for c, n, r in zip(info.classes, per_class.tolist(), correct.tolist(), strict=True)
-        ],
-        "confusion_matrix": confusion.tolist(),
-    }
+            pairs = labels.cpu() * classes + logits.argmax(dim=1).cpu()
+            confusion += torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
+    return confusion, total_loss
 
 
 def format_report(report: Mapping[str, Any]) -> str:
