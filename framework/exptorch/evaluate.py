@@ -34,8 +34,9 @@ def evaluate_checkpoint(
 
     trained = load_trained(plugins, checkpoint_path, device=device, trust=trust)
     checkpoint, info = trained.checkpoint, trained.info
-    name, splits = load_test_split(plugins, checkpoint, checkpoint_path, info, dataset, data_dir,
-                              options, download)  # fmt: skip
+    name, splits = load_test_split(
+        plugins, checkpoint, checkpoint_path, info, dataset, data_dir, options, download
+    )
     batches = Batches(
         splits.test_images, splits.test_labels, batch_size=batch_size, device=trained.device,
         mean=info.mean, std=info.std, shuffle=False,
