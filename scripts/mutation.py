@@ -17,15 +17,17 @@ mutant under test through ``MUTANT_UNDER_TEST``).
 mutmut collects once which tests call which function (``.mutation/mutants/mutmut-stats.json``),
 runs only those tests against each mutant and keeps every verdict in ``.mutation/mutants/``; a
 later run re-tests only the functions whose code changed. Delete ``.mutation/`` to start again.
-A function that only an ``expt`` subprocess calls has no recorded tests ("no tests"): the
-subprocess's calls are not reported back to mutmut.
+The ``expt`` processes the tests start report the functions they call too (see
+``scripts/mutation_site/``), so a function only such a process runs is tested through them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -45,16 +47,9 @@ LINKS = {
     "examples": "examples",
     "framework": "framework",
 }
-# Put first on the PATH of every process the tests start. While mutmut collects which tests call
-# which function (MUTANT_UNDER_TEST=stats), an `expt` subprocess cannot report its calls back,
-# and mutmut's recorder would fail there (it looks for its configuration in the process's working
-# folder), so such a process runs the original code; under a mutant it runs the mutant.
-SITECUSTOMIZE = """\
-import os
-
-if os.environ.get("MUTANT_UNDER_TEST") == "stats":
-    os.environ["MUTANT_UNDER_TEST"] = ""
-"""
+# First on PYTHONPATH of every process: sitecustomize.py there records what the `expt` processes
+# started by tests call, and mutation_hits.py (a pytest plugin) reports it to mutmut.
+SITE = ROOT / "scripts" / "mutation_site"
 # mutmut's exit codes (mutmut.stats.status_by_exit_code), folded into what the score counts
 KILLED = {1, 3, 36, -24, 24, 152, 255, 37}
 
@@ -67,8 +62,6 @@ def link_workspace() -> None:
             link.symlink_to(ROOT / target)
     if (WORKSPACE / "pyproject.toml").is_symlink():
         (WORKSPACE / "pyproject.toml").unlink()
-    (WORKSPACE / "site").mkdir(exist_ok=True)
-    (WORKSPACE / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
 
 
 def write_config(tests: list[str]) -> None:
@@ -96,30 +89,81 @@ def module_glob(arg: str) -> str:
     return f"{path}.*"
 
 
-def scores(only: list[str]) -> dict[str, Counter[str]]:
-    """Verdicts per module, from the ``.meta`` files mutmut keeps next to each mutated file."""
-    by_module: dict[str, Counter[str]] = {}
+def verdicts() -> dict[str, int | None]:
+    """Every generated mutant's exit code (None: not checked yet), from the ``.meta`` files
+    mutmut keeps next to each mutated file."""
+    codes: dict[str, int | None] = {}
     for meta in sorted((WORKSPACE / "mutants").glob("exptorch*/**/*.py.meta")):
-        module = str(meta.relative_to(WORKSPACE / "mutants"))[: -len(".py.meta")]
-        module = module.replace(os.sep, ".")
-        if only and not any(g[:-2] == module for g in only):
+        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return codes
+
+
+def verdict(code: int | None) -> str:
+    if code is None:
+        return "not checked"
+    if code in KILLED:
+        return "killed"
+    if code in (5, 33):
+        return "no tests"
+    return "survived" if code == 0 else "other"
+
+
+def module_of(name: str) -> str:
+    """``exptorch.config.x_validate__mutmut_3`` -> ``exptorch.config``."""
+    return name.rsplit(".", 1)[0]
+
+
+def scores(only: list[str], names: set[str] | None = None) -> dict[str, Counter[str]]:
+    """Verdicts per module, of the modules ``only`` names (all if empty) or of ``names``."""
+    by_module: dict[str, Counter[str]] = {}
+    for name, code in verdicts().items():
+        module = module_of(name)
+        if (only and not any(g[:-2] == module for g in only)) or (names and name not in names):
             continue
-        codes = json.loads(meta.read_text())["exit_code_by_key"].values()
-        counts: Counter[str] = Counter()
-        for code in codes:
-            if code is None:
-                counts["not checked"] += 1
-            elif code in KILLED:
-                counts["killed"] += 1
-            elif code in (5, 33):
-                counts["no tests"] += 1
-            elif code == 0:
-                counts["survived"] += 1
-            else:
-                counts["other"] += 1
-        if sum(counts.values()) - counts["not checked"]:
-            by_module[module] = counts
-    return by_module
+        by_module.setdefault(module, Counter())[verdict(code)] += 1
+    return {m: c for m, c in sorted(by_module.items()) if sum(c.values()) - c["not checked"]}
+
+
+def sample_file(size: int, seed: int) -> Path:
+    return WORKSPACE / f"sample-{size}-seed-{seed}.txt"
+
+
+def draw_sample(size: int, seed: int) -> list[str]:
+    """``size`` mutants drawn uniformly, without replacement, from every generated one; the
+    draw is saved so that a rerun (after new tests, or after an interruption) checks the same."""
+    saved = sample_file(size, seed)
+    if saved.is_file():
+        return saved.read_text().split()
+    names = sorted(verdicts())
+    if len(names) < size:
+        raise SystemExit(f"only {len(names)} mutants were generated; ask for fewer")
+    chosen = sorted(random.Random(seed).sample(names, size))
+    saved.write_text("\n".join(chosen) + "\n")
+    return chosen
+
+
+def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion."""
+    p = killed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def print_sample_score(names: list[str]) -> None:
+    codes = verdicts()
+    counts = Counter(verdict(codes.get(n)) for n in names)
+    checked = len(names) - counts["not checked"]
+    print(
+        f"sample of {len(names)} of {len(codes)} mutants: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
+    if checked:
+        low, high = wilson(counts["killed"], checked)
+        print(
+            f"estimated score: {100 * counts['killed'] / checked:.1f}% of {checked} checked "
+            f"(95% interval {100 * low:.1f}% to {100 * high:.1f}%)"
+        )
 
 
 def print_scores(by_module: dict[str, Counter[str]]) -> None:
@@ -144,6 +188,30 @@ def print_scores(by_module: dict[str, Counter[str]]) -> None:
         )
 
 
+def run_mutmut(mutmut: str, names: list[str], max_children: int, env: dict[str, str]) -> int:
+    command = [mutmut, "run", "--max-children", str(max_children), *names]
+    return subprocess.run(command, cwd=WORKSPACE, env=env).returncode
+
+
+def run_sample(size: int, seed: int, mutmut: str, max_children: int, env: dict[str, str]) -> int:
+    """Check a uniform sample of the whole tree's mutants: its score estimates the tree's."""
+    if not sample_file(size, seed).is_file():
+        # generate every mutant and collect which tests call what; mutmut then stops, as no
+        # mutant has this name
+        run_mutmut(mutmut, ["exptorch.no_mutant_has_this_name"], max_children, env)
+    names = draw_sample(size, seed)
+    codes = verdicts()
+    # a killed mutant stays killed; the others are checked (again: new tests may kill them)
+    todo = [n for n in names if verdict(codes.get(n)) != "killed"]
+    if todo:
+        code = run_mutmut(mutmut, todo, max_children, env)
+        if code:
+            return code
+    print_scores(scores([], set(names)))
+    print_sample_score(names)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("modules", nargs="*", help="module names or files (default: all)")
@@ -154,32 +222,50 @@ def main() -> int:
         default=[],
         help="test files to collect coverage from (default: tests/); fewer is faster",
     )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="check N mutants drawn at random from the whole tree, for an estimate of its score",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the seed of --sample's draw (0)")
     parser.add_argument("--score", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="show the surviving mutants")
     args = parser.parse_args()
+    if args.sample is not None and (args.modules or args.sample < 1):
+        parser.error("--sample N takes a positive N and no module names: it draws from all")
     globs = [module_glob(m) for m in args.modules]
     link_workspace()
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([str(WORKSPACE / "site"), str(WORKSPACE / "mutants")]),
+        PYTHONPATH=os.pathsep.join([str(SITE), str(WORKSPACE / "mutants")]),
     )
     if args.survivors:
-        out = subprocess.run(
-            [mutmut, "results"], cwd=WORKSPACE, env=env, capture_output=True, text=True
-        ).stdout
-        for line in out.splitlines():
-            name = line.strip().split(":")[0]
-            if "survived" in line and (not globs or any(name.startswith(g[:-1]) for g in globs)):
-                subprocess.run([mutmut, "show", name], cwd=WORKSPACE, env=env)
-        return 0
+        return show_survivors(mutmut, globs, env)
+    if args.sample is not None:
+        if args.score:
+            print_sample_score(draw_sample(args.sample, args.seed))
+            return 0
+        write_config(args.tests)
+        return run_sample(args.sample, args.seed, mutmut, args.max_children, env)
     if not args.score:
         write_config(args.tests)
-        command = [mutmut, "run", "--max-children", str(args.max_children), *globs]
-        code = subprocess.run(command, cwd=WORKSPACE, env=env).returncode
+        code = run_mutmut(mutmut, globs, args.max_children, env)
         if code:
             return code
     print_scores(scores(globs))
+    return 0
+
+
+def show_survivors(mutmut: str, globs: list[str], env: dict[str, str]) -> int:
+    out = subprocess.run(
+        [mutmut, "results"], cwd=WORKSPACE, env=env, capture_output=True, text=True
+    ).stdout
+    for line in out.splitlines():
+        name = line.strip().split(":")[0]
+        if "survived" in line and (not globs or any(name.startswith(g[:-1]) for g in globs)):
+            subprocess.run([mutmut, "show", name], cwd=WORKSPACE, env=env)
     return 0
 
 
