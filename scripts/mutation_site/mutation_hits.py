@@ -36,3 +36,18 @@ def pytest_runtest_teardown(item: Any, nextitem: Any) -> None:
 
     for path in Path(hits).glob("*.txt"):
         state()._stats.update(path.read_text().split())
+
+
+# Ctrl-C 50 ms after start: mutmut's instrumentation (its trampoline module, imported by every
+# mutated module before exptorch installs its quiet handler) makes start-up slower than that, so
+# under mutmut this case fails whatever the mutant; the 0.4 s and 1 s cases still run.
+TOO_FAST_FOR_MUTMUT = (
+    "tests/test_reliability.py::test_ctrl_c_during_start_up_prints_no_traceback[0.05]",
+)
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    slow = [item for item in items if item.nodeid.endswith(TOO_FAST_FOR_MUTMUT)]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item not in slow]
