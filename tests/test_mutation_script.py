@@ -1,0 +1,75 @@
+"""scripts/mutation.py's own arithmetic: the sample it draws and the score it reports from it.
+
+The README's whole-tree mutation score is an estimate from a random sample, so a bias in the
+draw or a wrong interval would misstate it; mutmut itself is not needed here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "mutation.py"
+
+
+@pytest.fixture
+def mutation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mutation_script", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "WORKSPACE", tmp_path)
+    return module
+
+
+def write_meta(workspace: Path, module: str, codes: dict[str, int | None]) -> None:
+    meta = workspace / "mutants" / (module.replace(".", "/") + ".py.meta")
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps({"exit_code_by_key": codes}))
+
+
+def test_wilson_interval_matches_the_published_formula(mutation: ModuleType) -> None:
+    # 90 of 100: the 95% Wilson interval is 0.8256 to 0.9448 (Wilson 1927; Newcombe 1998)
+    low, high = mutation.wilson(90, 100)
+    assert (round(low, 4), round(high, 4)) == (0.8256, 0.9448)
+    low, high = mutation.wilson(10, 10)
+    assert high == pytest.approx(1.0) and round(low, 4) == 0.7225
+
+
+def test_verdicts_fold_mutmuts_exit_codes(mutation: ModuleType) -> None:
+    assert [mutation.verdict(c) for c in (None, 1, -24, 0, 33, 5, 2)] == [
+        "not checked", "killed", "killed", "survived", "no tests", "no tests", "other",
+    ]  # fmt: skip
+
+
+def test_the_sample_is_drawn_from_every_module_and_saved(mutation: ModuleType) -> None:
+    a = {f"exptorch.a.x_f__mutmut_{i}": None for i in range(1, 301)}
+    b = {f"exptorch_plugins.b.x_g__mutmut_{i}": None for i in range(1, 101)}
+    write_meta(mutation.WORKSPACE, "exptorch.a", a)
+    write_meta(mutation.WORKSPACE, "exptorch_plugins.b", b)
+    drawn = mutation.draw_sample(100, seed=3)
+    assert len(set(drawn)) == 100 and set(drawn) <= a.keys() | b.keys()
+    # uniform over all 400: about a quarter from b (a binomial 95% range is 17 to 33)
+    assert 15 <= sum(name in b for name in drawn) <= 35
+    # saved: a later call (after new tests, or new mutants) checks the same ones
+    write_meta(mutation.WORKSPACE, "exptorch.c", {"exptorch.c.x_h__mutmut_1": None})
+    assert mutation.draw_sample(100, seed=3) == drawn
+    assert mutation.draw_sample(100, seed=4) != drawn
+    with pytest.raises(SystemExit, match="only 401 mutants"):
+        mutation.draw_sample(500, seed=0)
+
+
+def test_the_sample_score_counts_only_the_sampled_mutants(
+    mutation: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": 1,
+               "exptorch.a.x_f__mutmut_2": 0, "exptorch.a.x_f__mutmut_3": 0,
+               "exptorch.a.x_f__mutmut_4": None})  # fmt: skip
+    mutation.print_sample_score(["exptorch.a.x_f__mutmut_1", "exptorch.a.x_f__mutmut_2"])
+    out = capsys.readouterr().out
+    assert "sample of 2 of 4 mutants: killed 1, survived 1" in out
+    assert "estimated score: 50.0% of 2 checked" in out
