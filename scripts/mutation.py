@@ -190,7 +190,13 @@ def print_scores(by_module: dict[str, Counter[str]]) -> None:
 
 def run_mutmut(mutmut: str, names: list[str], max_children: int, env: dict[str, str]) -> int:
     command = [mutmut, "run", "--max-children", str(max_children), *names]
-    return subprocess.run(command, cwd=WORKSPACE, env=env).returncode
+    failures = WORKSPACE / "clean-run-failures.txt"
+    failures.unlink(missing_ok=True)
+    code = subprocess.run(command, cwd=WORKSPACE, env=env).returncode
+    if failures.is_file():
+        print(f"Tests failed without any mutant (see {failures}):")
+        print(failures.read_text())
+    return code
 
 
 def run_sample(size: int, seed: int, mutmut: str, max_children: int, env: dict[str, str]) -> int:

@@ -13,7 +13,12 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "mutation.py"
+# the repository's, also from the copy of tests/ that mutmut runs in .mutation/mutants/
+SCRIPT = next(
+    folder / "scripts" / "mutation.py"
+    for folder in Path(__file__).resolve().parents
+    if (folder / "scripts" / "mutation.py").is_file()
+)
 
 
 @pytest.fixture

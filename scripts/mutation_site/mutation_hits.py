@@ -51,3 +51,11 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if item not in slow]
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    """mutmut hides the output of its clean run (the tests with no mutant); keep what failed in
+    ``.mutation/clean-run-failures.txt`` (the tests run in ``.mutation/mutants/``)."""
+    if report.failed and os.environ.get("MUTANT_UNDER_TEST") == "":
+        with open(Path.cwd().parent / "clean-run-failures.txt", "a") as f:
+            f.write(f"{report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
