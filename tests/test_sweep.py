@@ -22,7 +22,7 @@ import pytest
 
 from conftest import EXPT
 from exptorch.errors import ExptError
-from exptorch.sweep import claim_next, hide_password, open_sweep, trial_config
+from exptorch.sweep import claim_next, hide_password, open_sweep, trial_config, with_driver
 from exptorch.sweep_file import read_sweep
 
 optuna = pytest.importorskip("optuna")
@@ -523,6 +523,45 @@ def test_budget_is_exact_across_processes_on_postgresql(
     claimed = race(tmp_path, plugins, storage=postgres_url)
     assert sorted(claimed) == list(range(5))
     assert len(optuna.load_study(study_name="race", storage=postgres_url).trials) == 5
+
+
+OPENER = r"""
+import sys
+import time
+from exptorch.sweep import open_storage
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all processes open at one moment
+open_storage(sys.argv[1])
+print("OPENED")
+"""
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_processes_opening_a_new_storage_at_one_moment_all_succeed(
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    # Optuna creates its tables on first use: workers started together on a fresh database
+    # (two machines, one `expt sweep run` each) must not collide creating them.
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    if backend == "postgresql":
+        import sqlalchemy
+
+        server = request.getfixturevalue("postgres_url")
+        name = f"fresh_{time.time_ns()}"
+        engine = sqlalchemy.create_engine(with_driver(server), isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        engine.dispose()
+        url = server.rsplit("/", 1)[0] + f"/{name}"
+    start = time.time() + 6  # after every process has imported optuna
+    procs = [
+        subprocess.Popen([sys.executable, "-c", OPENER, url, str(start)], env=env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]  # fmt: skip
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "OPENED" in out, err
+    assert optuna.get_all_study_names(url) == []  # the tables exist, and hold no study
 
 
 def test_two_expt_processes_share_one_postgresql_sweep(tmp_path: Path, postgres_url: str) -> None:

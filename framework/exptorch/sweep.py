@@ -122,9 +122,12 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     shown = hide_password(url)
     connect_args = {"timeout": 60} if backend == "sqlite" else {"connect_timeout": 10}
     try:
-        return optuna.storages.RDBStorage(
-            with_driver(url), engine_kwargs={"connect_args": connect_args}
-        )
+        # Optuna creates its tables on first use; two processes doing that at once on one
+        # PostgreSQL database collide ("duplicate key value ... pg_type_typname_nsp_index")
+        with schema_lock(url, connect_args):
+            return optuna.storages.RDBStorage(
+                with_driver(url), engine_kwargs={"connect_args": connect_args}
+            )
     except ImportError as exc:
         if backend == "postgresql":
             raise ExptError(
@@ -134,6 +137,50 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     except sqlalchemy.exc.SQLAlchemyError as exc:
         cause = getattr(exc, "orig", None) or exc
         raise ExptError(f"Cannot reach storage {shown}: {first_line(cause)}.") from None
+
+
+@contextlib.contextmanager
+def schema_lock(url: str, connect_args: dict[str, int]) -> Iterator[None]:
+    """One process at a time opens (and so may create) the storage's tables: an exclusive
+    ``flock`` beside a SQLite file, a session-level advisory lock on PostgreSQL."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    if storage_backend(url) == "sqlite":
+        database = make_url(url).database
+        assert database is not None
+        with file_lock(f"{database}.lock"):
+            yield
+        return
+    key = lock_key("exptorch sweep storage tables")
+    engine = sqlalchemy.create_engine(with_driver(url), connect_args=connect_args)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def lock_key(text: str) -> int:
+    """A PostgreSQL advisory-lock key (a signed 64-bit integer) named by ``text``."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def with_driver(url: str) -> str:
@@ -168,19 +215,12 @@ def budget_lock(storage: optuna.storages.RDBStorage, url: str, name: str) -> Ite
     from sqlalchemy.engine import make_url
 
     if storage_backend(url) == "sqlite":
-        import fcntl
-
         database = make_url(url).database
         assert database is not None
-        with open(f"{database}.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(f"{database}.lock"):
+            yield
         return
-    digest = hashlib.sha256(f"exptorch sweep {name}".encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
+    key = lock_key(f"exptorch sweep {name}")
     with storage.engine.begin() as connection:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         yield
