@@ -62,6 +62,7 @@ def read_wandb(path: Path) -> dict[str, Any]:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             out["run_id"] = record.run.run_id
+            out["project"] = record.run.project
             out["tags"] = list(record.run.tags)
             for item in record.run.config.update:
                 out["config"][key(item)] = json.loads(item.value_json)
@@ -119,6 +120,7 @@ def test_history_config_and_summary(offline_run: Path) -> None:
     logged = read_wandb(file)
     assert logged["run_id"] == json.loads((offline_run / "wandb.json").read_text())["id"]
     assert logged["tags"] == ["a", "b"]
+    assert logged["project"] == "exptorch-tests"
 
     config = logged["config"]
     assert (config["model"], config["dataset"], config["lr"], config["epochs"]) == (
@@ -192,11 +194,59 @@ def test_unreachable_server_falls_back_to_offline(wandb_env, tmp_path: Path, cap
     folder = file.parent
     assert "offline-run-" in folder.name
     assert "logging offline instead" in warnings[0].getMessage()
+    # the probe's own answer, not a timeout: nothing listens, so the refusal is immediate
+    assert "W&B is not reachable (127.0.0.1:9: Connection refused)" in warnings[0].getMessage()
     hint = f"{wandb_program()} sync {folder.resolve()}"  # wandb as this process can run it
     assert hint in warnings[0].getMessage()
     assert hint in capsys.readouterr().err
     assert json.loads((run / "state.json").read_text())["state"] == "finished"
     assert read_wandb(file)["history"]  # the metrics are in the offline run
+
+
+def test_wandb_init_takes_each_option_then_its_environment_variable_then_the_default(
+    wandb_env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from exptorch_plugins.wandb import DEFAULT_PROJECT, DEFAULT_TIMEOUT, WandbLogger
+
+    config = quick_config(tmp_path, name="the-run")
+
+    def started(**options: Any) -> Any:
+        run_dir = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+        run_dir.mkdir()
+        logger = WandbLogger(RunContext(run_dir=run_dir, config=config), **options)
+        logger.finish("finished")
+        return logger
+
+    logger = started(
+        wandb_mode="disabled", wandb_project="p", wandb_entity="team", wandb_name="n",
+        wandb_tags=" a, ,b ", wandb_group="g", wandb_notes="why", wandb_timeout=3.0,
+    )  # fmt: skip
+    run = logger.run
+    assert (run.project, run.entity, run.name, run.tags, run.group, run.notes, run.id) == (
+        "p", "team", "n", ("a", "b"), "g", "why", logger.run_id,
+    )  # fmt: skip
+    settings = run.settings
+    assert settings.init_timeout == 3.0
+    # nothing that could hold a secret leaves the machine: the console, sys.argv, git remotes
+    assert (settings.console, settings.x_disable_meta, settings.disable_git) == ("off", True, True)
+    assert not settings.save_code and settings.silent  # quiet unless exptorch logs at INFO
+
+    wandb_env.setenv("WANDB_MODE", "disabled")
+    wandb_env.setenv("WANDB_PROJECT", "env-project")
+    wandb_env.setenv("WANDB_NAME", "env-name")
+    wandb_env.setenv("WANDB_INIT_TIMEOUT", "7.5")
+    caplog.set_level("INFO", logger="exptorch.wandb")
+    logger = started()
+    run = logger.run
+    assert (run.project, run.name, run.settings.init_timeout) == ("env-project", "env-name", 7.5)
+    assert not run.settings.silent
+    assert f"wandb: run {logger.run_id} (disabled) in " in caplog.text
+
+    for name in ("WANDB_PROJECT", "WANDB_NAME", "WANDB_INIT_TIMEOUT"):
+        wandb_env.delenv(name)
+    run = started().run
+    assert (run.project, run.name, run.tags) == (DEFAULT_PROJECT, "the-run", ())
+    assert run.settings.init_timeout == DEFAULT_TIMEOUT
 
 
 def test_disabled_mode_writes_no_wandb_files(wandb_env, tmp_path: Path) -> None:
@@ -248,6 +298,7 @@ def test_a_tampered_wandb_json_is_read_as_data_only(wandb_env, tmp_path: Path) -
     )
     assert len(logger.run_id) == 8 and logger.run_id.isalnum()  # a fresh id, not the path
     assert (logger.last_step, logger.best) == (-1, {"test_loss": 0.5})
+    assert logger.floor == 0
     logger.log_metrics({"test_accuracy": float("nan"), "test_loss": 0.25}, step=1)
     logger.finish("finished")
 
@@ -256,6 +307,15 @@ def test_a_tampered_wandb_json_is_read_as_data_only(wandb_env, tmp_path: Path) -
 
     saved = json.loads((run_dir / "wandb.json").read_text(), parse_constant=refuse)
     assert saved == {"id": logger.run_id, "last_step": 1, "best": {"test_loss": 0.25}}
+
+    # -1 is "nothing logged yet"; below that is no step at all
+    for last_step, kept in ((-2, -1), (-1, -1), (0, 0)):
+        (run_dir / "wandb.json").write_text(json.dumps({"id": "abcd1234", "last_step": last_step}))
+        logger = WandbLogger(
+            RunContext(run_dir=run_dir, config=config, resumed=True), wandb_mode="disabled"
+        )
+        assert (logger.run_id, logger.last_step, logger.floor) == ("abcd1234", kept, kept + 1)
+        logger.finish("finished")
 
 
 def test_the_sync_hint_names_wandb_as_it_can_be_run(monkeypatch) -> None:
