@@ -349,6 +349,34 @@ def test_a_plugin_error_in_run_start_leaves_failed_with_the_reason(expt, tmp_pat
     assert "failed" in listed.stdout
 
 
+@pytest.mark.parametrize("where", ["logger start", "run_start"])
+def test_ctrl_c_after_the_folder_exists_leaves_interrupted_not_failed(
+    tmp_path: Path, where: str
+) -> None:
+    from exptorch import Logger
+
+    class CtrlC(Logger):
+        def __init__(self, run) -> None:
+            raise KeyboardInterrupt
+
+    class Plugin:
+        @hookimpl
+        def register_loggers(self, register):
+            register("ctrl-c", CtrlC)
+
+        @hookimpl
+        def run_start(self, run):
+            raise KeyboardInterrupt
+
+    plugins = make_plugins(("ctrl-c", Plugin()))
+    logger = ["ctrl-c"] if where == "logger start" else []
+    with pytest.raises(KeyboardInterrupt):
+        run_expt(plugins, tmp_path / "runs", echo=lambda _: None, name="p", logger=logger)
+    recorded = state(tmp_path / "runs" / "p")
+    assert (recorded["state"], recorded["stop_reason"]) == ("interrupted", "interrupted by SIGINT")
+    assert RunDir.is_locked(tmp_path / "runs" / "p") is False
+
+
 def test_an_error_in_setup_after_the_folder_exists_is_recorded(tmp_path: Path) -> None:
     from exptorch import Logger
 

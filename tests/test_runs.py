@@ -45,7 +45,7 @@ def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run_experiment(RunConfig(**values), plugins, echo=lambda _: None)
 
     run("base")
-    run("faster", lr=0.05, momentum=0.9)
+    run("faster", lr=0.05, momentum=0.9, options={"sgd_nesterov": True})
     with pytest.raises(KeyboardInterrupt):
         run("interrupted", epochs=3)
     with pytest.raises(ExptError):
@@ -107,6 +107,33 @@ def test_show(expt, runs_dir: Path) -> None:
     text = expt("runs", "show", "crashed", "--runs-dir", str(runs_dir), check=True).stdout
     assert "state: crashed" in text and "process" in text
     assert "epoch  step  train_loss" in text
+
+
+def test_show_prints_every_epoch_record_and_each_option_that_was_set(expt, runs_dir: Path) -> None:
+    text = expt("runs", "show", "faster", "--runs-dir", str(runs_dir), check=True).stdout
+    lines = text.splitlines()
+    config = json.loads((runs_dir / "faster" / "config.json").read_text())["config"]
+    # set: listed; unset (None): left out, whatever the option
+    assert config["options"]["sgd_nesterov"] is True
+    options = [line for line in lines if line.startswith("  options.")]
+    assert (
+        options == [f"  options.{k}: {v}" for k, v in config["options"].items() if v is not None]
+        and "  options.sgd_nesterov: True" in options
+    )
+
+    start = next(i for i, line in enumerate(lines) if line.startswith("epoch"))
+    assert lines[start].split() == [
+        "epoch", "step", "train_loss", "test_loss", "test_accuracy", "time", "img/s",
+    ]  # fmt: skip
+    records = [r for r in read_metrics(runs_dir / "faster" / "metrics.jsonl") if "test_loss" in r]
+    assert [line.split() for line in lines[start + 1 :]] == [
+        [
+            str(r["epoch"]), str(r["step"]), f"{r['epoch_train_loss']:.4g}",
+            f"{r['test_loss']:.4g}", f"{100 * r['test_accuracy']:.2f}%",
+            f"{r['epoch_time']:.1f}s", f"{r['images_per_second']:,.0f}",
+        ]
+        for r in records
+    ]  # fmt: skip
 
 
 def test_compare(expt, runs_dir: Path) -> None:
