@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,9 @@ def test_eval_reproduces_the_runs_own_test_metrics(expt, run: Path) -> None:
     correct = sum(row["correct"] for row in report["per_class"])
     assert correct == sum(matrix[i][i] for i in range(3))
     assert correct / 9 == pytest.approx(report["test_accuracy"])
+    for row in report["per_class"]:
+        assert row["accuracy"] == pytest.approx(row["correct"] / row["images"])
+    assert all(type(n) is int for line in matrix for n in line)  # counts, not floats
 
 
 def test_eval_text_report_and_another_test_folder(plugins, run: Path, tmp_path: Path) -> None:
@@ -54,3 +58,46 @@ def test_eval_on_a_dataset_with_other_classes_is_one_sentence(plugins, run: Path
 def test_eval_of_a_missing_checkpoint(plugins, tmp_path: Path) -> None:
     with pytest.raises(ExptError, match="holds no checkpoint"):
         evaluate_checkpoint(plugins, tmp_path)
+
+
+def test_text_report_columns_line_up_under_their_headings() -> None:
+    report = {
+        "checkpoint": "runs/a/checkpoints/epoch-003.pt", "epoch": 3, "dataset": "folder",
+        "images": 1208, "test_loss": 0.01234, "test_accuracy": 0.99751,
+        "classes": ["cat", "dog", "emu"],
+        "per_class": [
+            {"class": "cat", "images": 1203, "correct": 1200, "accuracy": 1200 / 1203},
+            {"class": "dog", "images": 5, "correct": 5, "accuracy": 1.0},
+            {"class": "emu", "images": 0, "correct": 0, "accuracy": None},
+        ],
+        "confusion_matrix": [[1200, 3, 0], [0, 5, 0], [0, 0, 0]],
+    }  # fmt: skip
+    lines = format_report(report).splitlines()
+    assert lines[:3] == [
+        "runs/a/checkpoints/epoch-003.pt (epoch 3) on folder: 1,208 test images",
+        "test_loss 0.0123  test_accuracy 99.75%",
+        "",
+    ]
+
+    def ends(line: str) -> list[int]:
+        return [word.end() for word in re.finditer(r"\S+", line)]
+
+    table = lines[3:7]
+    assert [line.split() for line in table] == [
+        ["class", "images", "correct", "accuracy"],
+        ["cat", "1,203", "1,200", "99.75%"],
+        ["dog", "5", "5", "100.00%"],
+        ["emu", "0", "0", "-"],
+    ]
+    assert all(ends(line)[1:] == ends(table[0])[1:] for line in table)  # right-aligned numbers
+
+    heading = lines.index(
+        "confusion matrix (rows: true class, columns: predicted class, by number)"
+    )
+    header, *rows = lines[heading + 1 :]
+    assert header.split() == ["0", "1", "2"]
+    assert [row.split() for row in rows] == [
+        ["0", "cat", "1,200", "3", "0"], ["1", "dog", "0", "5", "0"], ["2", "emu", "0", "0", "0"],
+    ]  # fmt: skip
+    # each predicted class's number sits over its column
+    assert all(ends(row)[2:] == ends(header) for row in rows)
