@@ -485,3 +485,44 @@ def test_run_writes_each_format_and_keeps_the_last(plugins, tmp_path: Path, name
     assert state["checkpoint"] == files[0].name
     loaded = load_checkpoint(plugins, files[0], trust=True)
     assert loaded.epoch == 2 and loaded.meta["model"] == "quicknet"
+
+
+def test_safetensors_state_keeps_tensors_at_any_depth_and_strict_json_beside_them() -> None:
+    from exptorch_plugins.safetensors import decode, encode
+
+    value = {
+        "exp_avg": [torch.ones(2), {"m": (torch.zeros(1), 1.5)}],
+        3: "a key that is not a string",
+        "best": float("inf"),
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    encoded = encode(value, "state", tensors)
+    assert sorted(tensors) == ["state/exp_avg/0", "state/exp_avg/1/m/0"]
+    text = json.dumps(encoded, allow_nan=False)  # strict JSON: inf is spelled out
+    back = decode(json.loads(text), tensors)
+    assert back.keys() == value.keys() and back[3] == value[3] and back["best"] == math.inf
+    (ones, nested) = back["exp_avg"]
+    assert torch.equal(ones, torch.ones(2)) and isinstance(nested["m"], tuple)
+    assert torch.equal(nested["m"][0], torch.zeros(1)) and nested["m"][1] == 1.5
+
+
+def test_weights_that_do_not_fit_the_model_say_which_keys_differ(tmp_path: Path) -> None:
+    import dataclasses
+
+    from exptorch import ExptError
+    from exptorch.checkpoint import build_model, latest_checkpoint, load_checkpoint
+    from exptorch.testing import make_plugins, run_expt
+
+    plugins = make_plugins()
+    run = run_expt(plugins, tmp_path / "runs", echo=lambda _: None, epochs=1,
+                   limit_train_batches=1, limit_eval_batches=1)  # fmt: skip
+    checkpoint = load_checkpoint(plugins, latest_checkpoint(run, plugins))
+    build_model(plugins, checkpoint)  # fits as saved
+    first = next(iter(checkpoint.model_state))
+    state = {k: v for k, v in checkpoint.model_state.items() if k != first}
+    with pytest.raises(ExptError) as info:
+        build_model(plugins, dataclasses.replace(checkpoint, model_state=state))
+    assert str(info.value) == (
+        "The checkpoint's weights do not fit model 'quicknet' as this install builds it "
+        f'(Missing key(s) in state_dict: "{first}").'
+    )

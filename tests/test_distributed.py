@@ -51,3 +51,25 @@ def test_global_batch_must_divide(expt) -> None:
                   env={"OMP_NUM_THREADS": "1"})  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "--batch-size 63 is the global batch and must divide evenly" in result.stderr
+
+
+@pytest.mark.parametrize(("given", "passed"), [(None, "1"), ("3", "3")])
+def test_the_launcher_keeps_the_users_thread_count_or_gives_each_process_one(
+    monkeypatch: pytest.MonkeyPatch, given: str | None, passed: str
+) -> None:
+    # N processes each starting all the CPU's threads oversubscribe it N times over
+    import subprocess
+
+    from exptorch import distributed
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
+    if given is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", given)
+    assert distributed.launch(2, ["run", "--epochs", "1"]) == 0
+    ((command, env),) = calls
+    assert command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "exptorch", "run", "--epochs", "1"]  # fmt: skip
+    assert env["OMP_NUM_THREADS"] == passed

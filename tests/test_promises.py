@@ -297,6 +297,15 @@ def test_transparency_is_composited_on_white(tmp_path: Path) -> None:
     assert np.abs(grey - [76, 255, 142]).max() <= 1
 
 
+def test_grey_with_transparency_is_composited_on_white(tmp_path: Path) -> None:
+    la = np.array([[[0, 255], [0, 0], [100, 128]]], np.uint8)  # black, clear, half-clear grey
+    path = tmp_path / "la.png"
+    Image.fromarray(la, "LA").save(path)
+    assert Image.open(path).mode == "LA"
+    grey = pixels_of(path, 1, 1, 3)[0, :, 0].astype(int)
+    assert np.abs(grey - [0, 255, 177]).max() <= 1  # 100 * 128/255 + 255 * 127/255
+
+
 def test_palette_images_take_their_palette_colours_and_transparency(tmp_path: Path) -> None:
     img = Image.new("P", (3, 1))
     img.putpalette([*RED, *BLUE, 0, 255, 0] + [0] * (256 * 3 - 9))

@@ -204,6 +204,16 @@ def test_sweep_file_spaces_and_defaults(tmp_path: Path, plugins) -> None:
     assert spec.base["recipe"] == "fast"
 
 
+def test_a_grid_over_an_int_range_without_a_step_takes_every_integer(
+    tmp_path: Path, plugins
+) -> None:
+    spec = read_sweep(
+        write_sweep(tmp_path, 'sampler = "grid"', "log-every = { int = [1, 3] }"), plugins
+    )
+    assert spec.trials == 3
+    assert spec.grid == [{"log-every": n} for n in (1, 2, 3)]
+
+
 def test_metric_plugins_add_their_test_metric(tmp_path: Path, make_plugins) -> None:
     from exptorch import hookimpl
 

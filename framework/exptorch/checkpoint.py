@@ -237,9 +237,19 @@ def build_model(plugins: Plugins, checkpoint: Checkpoint) -> torch.nn.Module:
     except RuntimeError as exc:
         raise ExptError(
             f"The checkpoint's weights do not fit model {meta['model']!r} as this install "
-            f"builds it ({first_line(exc)})."
+            f"builds it ({fit_error(exc)})."
         ) from None
     return model.eval()
+
+
+def fit_error(exc: RuntimeError) -> str:
+    """What did not fit: torch's first line only names the model ("Error(s) in loading
+    state_dict for QuickNet:"), the next one says which keys or shapes differ."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        lines = lines[1:]
+    detail = lines[0].rstrip(".") if lines else type(exc).__name__
+    return detail if len(detail) <= 300 else detail[:297] + "..."
 
 
 @dataclass
