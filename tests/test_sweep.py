@@ -313,8 +313,20 @@ def test_sweep_runs_trials_as_run_folders_and_continues_to_a_new_budget(tmp_path
     command = board["best"]["command"]
     assert command.startswith("expt run ") and "--dataset fashion-mnist-sample" in command
     assert "--seed " in command
-    text = expt_sweep(tmp_path, "show", "s").stdout
-    assert "trial  lr" in text and "complete" in text and "best: trial" in text
+    lines = expt_sweep(tmp_path, "show", "s").stdout.splitlines()
+    assert lines[:3] == ["sweep s: maximize test_accuracy, 3 trials", "", lines[2]]
+    assert lines[2].split() == ["trial", "lr", "test_accuracy", "state", "epochs", "time"]
+    assert [line.split()[:5] for line in lines[3:6]] == [
+        [str(t["trial"]), f"{t['params']['lr']:.4g}", f"{100 * t['value']:.2f}%", "complete",
+         str(t["epochs"])]
+        for t in board["trials"]
+    ]  # fmt: skip
+    best = board["best"]
+    assert lines[6:] == [
+        "",
+        f"best: trial {best['trial']} ({best['run']}), test_accuracy {100 * best['value']:.2f}%",
+        f"  {command}",
+    ]
 
 
 def test_best_command_reproduces_the_best_trial(tmp_path: Path) -> None:

@@ -166,3 +166,10 @@ def test_guarded_logger_covers_every_logger_method(caplog) -> None:
             getattr(guarded, other)(*args[other])
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert len(warnings) == 1 and f"failed in {method}" in warnings[0]
+
+
+def test_a_prediction_agrees_when_its_class_names_hold_colons() -> None:
+    from exptorch_plugins.tensorboard import _agrees
+
+    assert _agrees("pred: type:a\ntrue: type:a")
+    assert not _agrees("pred: type:a\ntrue: type:b")
