@@ -56,6 +56,66 @@ def test_cifar10_missing_offline_is_one_clear_sentence(plugins, tmp_path: Path) 
     assert not list((tmp_path / "empty").glob("*.part*"))  # nothing half-written stays behind
 
 
+def serve_cifar10(monkeypatch: pytest.MonkeyPatch, archive: Path, md5: str | None) -> None:
+    """The CIFAR-10 download reads ``archive`` (a file:// URL) and expects ``md5``."""
+    from exptorch_plugins import cifar10
+
+    monkeypatch.setattr(cifar10, "URL", archive.as_uri())
+    if md5 is not None:
+        monkeypatch.setattr(cifar10, "ARCHIVE_MD5", md5)
+
+
+def test_cifar10_download_is_checked_then_extracted(plugins, tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+    import tarfile
+
+    write_cifar10(tmp_path / "source")
+    archive = tmp_path / "served.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "source" / "cifar-10-batches-py", "cifar-10-batches-py")
+    load = plugins.get("dataset", "cifar10").factory
+    serve_cifar10(monkeypatch, archive, md5=None)  # the real archive's checksum: this differs
+    with pytest.raises(ExptError, match="arrived with a wrong checksum; try again"):
+        load(data_dir=tmp_path / "data", download=True)
+    assert not list((tmp_path / "data").iterdir())  # nothing half-written stays behind
+
+    serve_cifar10(monkeypatch, archive, md5=hashlib.md5(archive.read_bytes()).hexdigest())
+    splits = load(data_dir=tmp_path / "data", download=True)
+    assert len(splits.train_labels) == 100 and len(splits.test_labels) == 40
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["cifar-10-batches-py"]
+
+
+def test_a_failed_download_says_why(tmp_path: Path) -> None:
+    from exptorch_plugins._download import DownloadFailed, download
+
+    url = (tmp_path / "gone.tar.gz").as_uri()
+    with pytest.raises(DownloadFailed) as info:
+        download(url, tmp_path / "data" / "gone.tar.gz")
+    gone = tmp_path / "gone.tar.gz"
+    reason = f"[Errno 2] No such file or directory: '{gone}'"
+    assert str(info.value) == f"{url} could not be downloaded: {reason}"
+    assert not list((tmp_path / "data").iterdir())
+
+
+def test_cifar10_archive_members_outside_its_folder_are_refused(
+    plugins, tmp_path: Path, monkeypatch
+) -> None:
+    import hashlib
+    import io
+    import tarfile
+
+    archive = tmp_path / "served.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        member = tarfile.TarInfo("../escaped.txt")
+        member.size = 5
+        tar.addfile(member, io.BytesIO(b"owned"))
+    serve_cifar10(monkeypatch, archive, md5=hashlib.md5(archive.read_bytes()).hexdigest())
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ExptError, match="could not be extracted safely"):
+        plugins.get("dataset", "cifar10").factory(data_dir=tmp_path / "data", download=True)
+    assert not (tmp_path / "escaped.txt").exists()
+
+
 def test_cifar10_no_download_flag(plugins, tmp_path: Path) -> None:
     with pytest.raises(ExptError, match="--no-download"):
         plugins.get("dataset", "cifar10").factory(data_dir=tmp_path, download=False)

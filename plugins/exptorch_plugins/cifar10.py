@@ -133,11 +133,18 @@ def _fetch(root: Path) -> None:
             f"so that {root / FOLDER} exists, or use --data-dir, or "
             "--dataset fashion-mnist-sample to try exptorch offline.",
         ) from None
-    with tarfile.open(archive) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(root, filter="data")
-        else:  # pragma: no cover - Python < 3.10.12
-            tar.extractall(root)
+    try:
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):
+                # refuses members that would land outside root, links out of it, devices
+                tar.extractall(root, filter="data")
+            else:  # pragma: no cover - Python < 3.10.12
+                tar.extractall(root)
+    except tarfile.TarError as exc:
+        raise ExptError(
+            f"The CIFAR-10 archive from {URL} could not be extracted safely ({exc}); it is "
+            f"left at {archive} to inspect: delete it to download it again."
+        ) from None
     archive.unlink()
 
 
