@@ -22,6 +22,7 @@ import pytest
 
 from conftest import EXPT
 from exptorch.errors import ExptError
+from exptorch.rundir import read_metrics
 from exptorch.sweep import claim_next, hide_password, open_sweep, trial_config, with_driver
 from exptorch.sweep_file import read_sweep
 
@@ -310,6 +311,12 @@ def test_sweep_runs_trials_as_run_folders_and_continues_to_a_new_budget(tmp_path
     assert [t["state"] for t in board["trials"]] == ["complete"] * 3
     values = [t["value"] for t in board["trials"]]
     assert values == sorted(values, reverse=True)  # maximize: best first
+    for t in board["trials"]:  # a trial's time is its run's training time, epoch by epoch
+        records = [
+            r for r in read_metrics(folder / t["run"] / "metrics.jsonl") if "test_accuracy" in r
+        ]
+        assert t["seconds"] == pytest.approx(sum(r["epoch_time"] for r in records))
+        assert t["epochs"] == len(records) == 1
     command = board["best"]["command"]
     assert command.startswith("expt run ") and "--dataset fashion-mnist-sample" in command
     assert "--seed " in command
