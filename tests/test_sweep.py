@@ -630,6 +630,13 @@ def test_two_expt_processes_share_one_postgresql_sweep(tmp_path: Path, postgres_
     board = show_json(tmp_path, "shared", "--runs-dir", "machine0", "--storage", postgres_url)
     assert sorted(t["trial"] for t in board["trials"]) == [0, 1, 2, 3]
     assert {t["state"] for t in board["trials"]} == {"complete"}
+    # machine0 has the folders of its own trials only; the others ran elsewhere
+    mine = {p.name for p in (tmp_path / "machine0" / "shared").glob("trial-*")}
+    assert {t["run"]: t["run_path"] for t in board["trials"]} == {
+        t["run"]: f"machine0/shared/{t['run']}" if t["run"] in mine else None
+        for t in board["trials"]
+    }
+    assert 0 < len(mine) < 4
     # without the URL, the sweep folder says where its trials are (and not the password)
     refused = expt_sweep(tmp_path, "show", "shared", "--runs-dir", "machine0", check=False)
     assert refused.returncode == 1 and shown in refused.stderr and "s3cret" not in refused.stderr
