@@ -341,10 +341,12 @@ def test_best_command_reproduces_the_best_trial(tmp_path: Path) -> None:
         tmp_path,
         'trials = 1\nsampler = "random"\nseed = 3',
         "momentum = { choice = [0.5] }\nlr = { uniform = [0.01, 0.05] }",
+        base=TINY + "augment = true\n",  # an on/off flag is spelled as the flag
     )
     expt_sweep(tmp_path, "run", str(path), "--name", "s")
     best = show_json(tmp_path, "s")["best"]
     args = best["command"].split()[2:]
+    assert "--augment" in args and "--momentum" in args
     subprocess.run(
         [*EXPT, "run", *args, "--runs-dir", "again", "--name", "b", "--device", "cpu"],
         cwd=tmp_path,
