@@ -3,6 +3,8 @@
     python scripts/mutation.py                       # every module of exptorch and exptorch_plugins
     python scripts/mutation.py exptorch.config plugins/exptorch_plugins/schedules.py
     python scripts/mutation.py --score               # the per-module table of the last runs only
+    python scripts/mutation.py --sample 300          # 300 mutants drawn from the whole tree
+    python scripts/mutation.py --sample 300 --score  # that sample's score, from saved verdicts
     python scripts/mutation.py --survivors exptorch.config   # what survived, as diffs
 
 mutmut names a mutant after the module its file path spells (``exptorch/config.py`` ->
