@@ -372,7 +372,10 @@ def test_pruned_trial_keeps_its_folder_and_shows_as_pruned(tmp_path: Path) -> No
         "lr = { choice = [0.01, 1e-7, 1000.0] }",
         base=base + "momentum = 0.9\nseed = 0\n",
     )
-    expt_sweep(tmp_path, "run", str(path), "--name", "p")
+    out = expt_sweep(tmp_path, "run", str(path), "--name", "p").stdout
+    assert "trial 0 complete: test_accuracy " in out
+    assert "trial 1 pruned at epoch 1: test_accuracy " in out
+    assert "trial 2 failed: " in out
     board = show_json(tmp_path, "p")
     states = {t["trial"]: (t["state"], t["epochs"], t["params"]["lr"]) for t in board["trials"]}
     assert states == {0: ("complete", 2, 0.01), 1: ("pruned", 1, 1e-7), 2: ("failed", 0, 1000.0)}
