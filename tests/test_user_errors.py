@@ -29,6 +29,7 @@ def assert_one_sentence(result, *fragments: str) -> None:
         (["--device", "cuda:1"], ["CUDA is not available"]),
         (["--device", "mps"], ["MPS is not available"]),
         (["--device", "cuda:x"], ["bad index"]),
+        (["--device", "auto:1"], ["--device auto takes no index; name the device, as in cuda:1."]),
         (["--checkpoint-format", "onnx"], ["Unknown checkpoint format 'onnx'", "state_dict"]),
         (["--name", "../escape"], ["must be a plain folder name"]),
         (["--name", ".hidden"], ["must be a plain folder name"]),
