@@ -141,9 +141,27 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
 @contextlib.contextmanager
 def schema_lock(url: str, connect_args: dict[str, int]) -> Iterator[None]:
-    """One process at a time opens (and so may create) the storage's tables: an exclusive
-    ``flock`` beside a SQLite file, a session-level advisory lock on PostgreSQL."""
+    """One process at a time opens (and so may create) the storage's tables."""
     import sqlalchemy
+
+    engine = sqlalchemy.create_engine(with_driver(url), connect_args=connect_args)
+    try:
+        with storage_lock(url, "exptorch sweep storage tables", engine):
+            yield
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def storage_lock(url: str, name: str, engine: Any) -> Iterator[None]:
+    """Hold the lock called ``name`` across every process that shares the storage at ``url``.
+
+    SQLite: an exclusive ``flock`` on a file beside the database (every process that
+    shares a SQLite file is on one machine). PostgreSQL: a transaction-level advisory
+    lock keyed by ``name``, released when the transaction ends or its connection drops,
+    so a killed process never leaves it held.
+    """
+    from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
     if storage_backend(url) == "sqlite":
@@ -152,17 +170,9 @@ def schema_lock(url: str, connect_args: dict[str, int]) -> Iterator[None]:
         with file_lock(f"{database}.lock"):
             yield
         return
-    key = lock_key("exptorch sweep storage tables")
-    engine = sqlalchemy.create_engine(with_driver(url), connect_args=connect_args)
-    try:
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            try:
-                yield
-            finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-    finally:
-        engine.dispose()
+    with engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
+        yield
 
 
 @contextlib.contextmanager
@@ -204,25 +214,8 @@ def with_driver(url: str) -> str:
 
 @contextlib.contextmanager
 def budget_lock(storage: optuna.storages.RDBStorage, url: str, name: str) -> Iterator[None]:
-    """Hold the sweep's lock: one process at a time decides whether to start a trial.
-
-    SQLite: an exclusive ``flock`` on a file beside the database (every process that
-    shares a SQLite file is on one machine). PostgreSQL: a transaction-level advisory
-    lock keyed by the sweep's name, released when the transaction ends or its
-    connection drops, so a killed process never leaves it held.
-    """
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    if storage_backend(url) == "sqlite":
-        database = make_url(url).database
-        assert database is not None
-        with file_lock(f"{database}.lock"):
-            yield
-        return
-    key = lock_key(f"exptorch sweep {name}")
-    with storage.engine.begin() as connection:
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    """Hold the sweep's lock: one process at a time decides whether to start a trial."""
+    with storage_lock(url, f"exptorch sweep {name}", storage.engine):
         yield
 
 
