@@ -12,17 +12,12 @@ from typing import Any
 import pytest
 
 
-def _hits_dir() -> Path:
-    path = Path(tempfile.gettempdir()) / f"exptorch-mutation-hits-{os.getpid()}"
-    path.mkdir(exist_ok=True)
-    return path
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: Any) -> None:
+    """Each test starts with an empty folder for its subprocesses' calls."""
     if os.environ.get("MUTANT_UNDER_TEST") == "stats":
-        hits = _hits_dir()
-        shutil.rmtree(hits)
+        hits = Path(tempfile.gettempdir()) / f"exptorch-mutation-hits-{os.getpid()}"
+        shutil.rmtree(hits, ignore_errors=True)
         hits.mkdir()
         os.environ["EXPTORCH_MUTATION_HITS"] = str(hits)
 
