@@ -164,6 +164,20 @@ def test_untrusted_full_checkpoint_is_refused(plugins, tmp_path: Path) -> None:
     assert load_checkpoint(plugins, path, trust=True).module is not None
 
 
+def test_trusted_full_file_without_a_model_is_named_as_such(plugins, tmp_path: Path) -> None:
+    """A trusted ``.full.pt`` that unpickles to something else (a list, a dict without a model)
+    is refused with the reason, not with the attribute error of whatever it held."""
+    for i, payload in enumerate(([1, 2], {"epoch": 3})):
+        path = tmp_path / f"other-{i}.full.pt"
+        torch.save(payload, path)
+        with pytest.raises(ExptError) as info:
+            load_checkpoint(plugins, path, trust=True)
+        assert str(info.value) == (
+            f"{path} is not a readable full checkpoint (truncated or not a checkpoint: "
+            "not an exptorch full checkpoint)."
+        )
+
+
 def test_compiled_and_ddp_prefixes_are_stripped(plugins, tmp_path: Path) -> None:
     checkpoint = trained_checkpoint()
     plain = dict(checkpoint.model_state)

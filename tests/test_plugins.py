@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -34,6 +35,12 @@ def make_distribution(site: Path, name: str, entry_points: dict[str, str], modul
     for module, source in modules.items():
         (site / f"{module}.py").write_text(textwrap.dedent(source))
     return site
+
+
+def search_path(site: Path) -> str:
+    """``site`` first on the import path of an ``expt`` process, keeping the test's own path
+    (mutation testing puts the mutated exptorch there)."""
+    return os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
 
 
 GOOD = """
@@ -92,7 +99,7 @@ def test_expt_plugins_lists_every_builtin(expt) -> None:
 
 
 def test_third_party_entry_points_broken_one_reported(expt, site: Path) -> None:
-    env = {"PYTHONPATH": str(site)}
+    env = {"PYTHONPATH": search_path(site)}
     result = expt("plugins", "--json", env=env, check=True)
     info = json.loads(result.stdout)
     names = {row["name"]: row for row in info["plugins"]}
@@ -121,7 +128,7 @@ def test_third_party_entry_points_broken_one_reported(expt, site: Path) -> None:
 
 
 def test_disable_plugins_by_name(expt, site: Path) -> None:
-    env = {"PYTHONPATH": str(site), "EXPT_DISABLE_PLUGINS": "broken,clash"}
+    env = {"PYTHONPATH": search_path(site), "EXPT_DISABLE_PLUGINS": "broken,clash"}
     info = json.loads(expt("plugins", "--json", env=env, check=True).stdout)
     assert {row["name"] for row in info["plugins"]} >= {"good", "quicknet"}
     assert not {"broken", "clash"} & {row["name"] for row in info["plugins"]}
@@ -129,7 +136,7 @@ def test_disable_plugins_by_name(expt, site: Path) -> None:
 
 
 def test_autoload_opt_out_keeps_only_builtins(expt, site: Path) -> None:
-    env = {"PYTHONPATH": str(site), "EXPT_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    env = {"PYTHONPATH": search_path(site), "EXPT_DISABLE_PLUGIN_AUTOLOAD": "1"}
     info = json.loads(expt("plugins", "--json", env=env, check=True).stdout)
     assert {row["distribution"] for row in info["plugins"]} == {"exptorch"}
 
@@ -323,7 +330,7 @@ def test_register_commands_adds_a_command(expt, tmp_path: Path) -> None:
     site = make_distribution(
         tmp_path / "site", "expt-hello", {"hello": "hello_plugin"}, {"hello_plugin": COMMAND_PLUGIN}
     )
-    env = {"PYTHONPATH": str(site)}
+    env = {"PYTHONPATH": search_path(site)}
     assert expt("hello", "world", env=env, check=True).stdout == "hello world\n"
     assert "hello" in expt("--help", env=env, check=True).stdout
     assert expt("hello", "world").returncode == 2  # not installed: no such command
@@ -342,7 +349,7 @@ def test_a_plugin_that_only_adds_a_callback_is_listed_with_its_options(expt, tmp
         tmp_path / "site", "expt-patience", {"patience": "patience_plugin"},
         {"patience_plugin": CALLBACK_ONLY_PLUGIN},
     )  # fmt: skip
-    env = {"PYTHONPATH": str(site)}
+    env = {"PYTHONPATH": search_path(site)}
     assert "callbacks:           patience" in expt("plugins", env=env, check=True).stdout
     shown = expt("plugins", "show", "patience", env=env, check=True).stdout
     assert "callback patience: stop when the test loss stops improving" in shown
@@ -432,3 +439,19 @@ def test_current_plugins_outside_the_cli_loads_the_installed_ones() -> None:
     plugins = current_plugins()  # no click context: a script or a notebook
     assert {"quicknet", "vgg16"} <= set(plugins.names("model"))
     assert "sgd" in plugins.names("optimizer")
+
+
+def test_ctrl_c_while_plugins_load_ends_quietly(expt, tmp_path: Path) -> None:
+    """A Ctrl-C that lands while the installed plugins are imported (the moment is forced: the
+    plugin's import sends it) ends expt with 130 and one line, not a traceback or click's
+    "Aborted!", whether they load to list the commands or to run one."""
+    interrupting = "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n"
+    site = make_distribution(
+        tmp_path / "site",
+        "expt-slow-plugin",
+        {"slow": "slow_plugin"},
+        {"slow_plugin": interrupting},
+    )
+    for command in (["--help"], ["plugins"]):
+        result = expt(*command, env={"PYTHONPATH": search_path(site)})
+        assert (result.returncode, result.stderr) == (130, "Interrupted.\n"), command

@@ -9,8 +9,8 @@ import sys as _sys
 
 if _sys.argv and _sys.argv[0].rpartition("/")[2] in ("expt", "-m"):
     # Starting the ``expt`` program (its script, or ``python -m exptorch``): a Ctrl-C
-    # while its modules import ends it quietly; exptorch.cli.main puts Python's own
-    # handler back before any work starts.
+    # while its modules import or its plugins load ends it quietly; the CLI puts Python's
+    # own handler back when it invokes a command, before any work starts.
     from exptorch.program import quiet_start_up_interrupts
 
     quiet_start_up_interrupts()

@@ -24,6 +24,7 @@ from exptorch.cli_runs import runs_group
 from exptorch.config import RunConfig, config_fields, resolve_config
 from exptorch.errors import ExptError
 from exptorch.plugins import KINDS, Plugins, load_plugins
+from exptorch.program import normal_interrupts
 
 DEBUG_ENV = "EXPT_DEBUG"
 
@@ -85,6 +86,9 @@ class ExptGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        # Until now (start-up, options, help, loading plugins outside a command) a Ctrl-C has
+        # nothing to clean up and exits at once; a command gets Python's KeyboardInterrupt.
+        normal_interrupts()
         try:
             return super().invoke(ctx)
         except ExptError as exc:
@@ -528,15 +532,8 @@ def plugins_show_command(ctx: click.Context, name: str, as_json: bool) -> None:
 
 def main() -> None:
     """The ``expt`` program: a Ctrl-C at any moment ends it without a traceback."""
-    from exptorch.program import normal_interrupts
-
-    normal_interrupts()
     try:
         cli(prog_name="expt")
-    except KeyboardInterrupt as exc:  # while plugins load, before a command runs
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        sys.stderr.write("Interrupted.\n")
-        sys.exit(128 + getattr(exc, "signum", signal.SIGINT))
     except SystemExit:
         # The command is done; a Ctrl-C now would only interrupt the interpreter's
         # shutdown (torch's threads, atexit handlers) with a traceback.

@@ -55,7 +55,7 @@ def _exit_interrupted(signum: int, _frame: object) -> None:
 
 
 def quiet_start_up_interrupts() -> None:
-    """Until :func:`exptorch.cli.main` runs, a Ctrl-C exits 130 without a traceback."""
+    """Until ``expt`` invokes a command, a Ctrl-C exits 130 without a traceback."""
     import signal
     import threading
 
