@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -78,3 +82,51 @@ def test_the_sample_score_counts_only_the_sampled_mutants(
     out = capsys.readouterr().out
     assert "sample of 2 of 4 mutants: killed 1, survived 1" in out
     assert "estimated score: 50.0% of 2 checked" in out
+
+
+SITE = SCRIPT.parent / "mutation_site"
+
+
+def test_a_mutants_tests_run_quickest_first(tmp_path: Path) -> None:
+    """mutmut stops at a mutant's first failing test; the plugin puts the quickest first, by
+    the durations mutmut recorded, and leaves the order alone outside a mutant's run."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_order.py").write_text(
+        "def test_slow(): pass\ndef test_quick(): pass\ndef test_medium(): pass\n"
+    )
+    durations = {"tests/test_order.py::test_slow": 9.0, "tests/test_order.py::test_quick": 0.1,
+                 "tests/test_order.py::test_medium": 1.0}  # fmt: skip
+    (tmp_path / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
+
+    def order(mutant: str) -> list[str]:
+        env = dict(os.environ, PYTHONPATH=str(SITE), MUTANT_UNDER_TEST=mutant)
+        out = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "mutation_hits", "-p", "no:cacheprovider",
+             "-v", "tests"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return re.findall(r"::test_(\w+) PASSED", out)
+
+    assert order("exptorch.a.x_f__mutmut_1") == ["quick", "medium", "slow"]
+    assert order("") == ["slow", "quick", "medium"]
+
+
+def test_the_test_that_killed_a_mutant_is_recorded(tmp_path: Path) -> None:
+    """mutmut keeps only a mutant's exit code; the plugin writes which test failed beside the
+    run folder (``.mutation/kills.txt``), so a flaky test's kills can be found."""
+    project = tmp_path / "mutants"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_kill.py").write_text(
+        "def test_passes(): pass\ndef test_fails(): assert False\n"
+    )
+    for mutant in ("exptorch.a.x_f__mutmut_2", "exptorch.a.x_f__mutmut_3"):
+        env = dict(os.environ, PYTHONPATH=str(SITE), MUTANT_UNDER_TEST=mutant)
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "mutation_hits", "-p", "no:cacheprovider",
+             "-x", "-q", "tests"],
+            cwd=project, env=env, capture_output=True, check=False,
+        )  # fmt: skip
+    assert (tmp_path / "kills.txt").read_text() == (
+        "exptorch.a.x_f__mutmut_2\ttests/test_kill.py::test_fails\tcall\n"
+        "exptorch.a.x_f__mutmut_3\ttests/test_kill.py::test_fails\tcall\n"
+    )

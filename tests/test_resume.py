@@ -237,3 +237,36 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_plugins, tmp_pat
     assert [p.name for p in checkpoint_files(run / "checkpoints", SUFFIXES)] == ["epoch-001.pt"]
     weights = load_checkpoint(plugins, run / "checkpoints" / "epoch-001.pt").model_state
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+class NaNLater:
+    """A QuickNet that turns to NaN after ``steps`` training steps; the test sets ``steps``."""
+
+    steps = 0
+
+    @hookimpl
+    def register_models(self, register):
+        register("nan-later", lambda info, **_: NaNAfter(info, self.steps))
+
+
+def test_a_nan_stop_names_the_last_good_checkpoint_only_when_there_is_one(
+    make_plugins, tmp_path: Path
+) -> None:
+    nan = NaNLater()
+    plugins = make_plugins(("nan", nan))
+    nan.steps = 2
+    with pytest.raises(ExptError) as info:
+        run_experiment(config(tmp_path, "a", model="nan-later"), plugins, echo=lambda _: None)
+    assert str(info.value) == (
+        "The training loss became nan at epoch 1, step 3, so the run stopped; "
+        "lower --lr and start again."
+    )
+    nan.steps = 10**9
+    run_experiment(config(tmp_path, "b", model="nan-later"), plugins, echo=lambda _: None)
+    nan.steps = 0  # the resumed run's first step
+    with pytest.raises(ExptError) as info:
+        resume(plugins, tmp_path / "runs" / "b", epochs=3)
+    assert str(info.value) == (
+        "The training loss became nan at epoch 3, step 13, so the run stopped; "
+        "the last good checkpoint is epoch 2; lower --lr and start again."
+    )

@@ -3,6 +3,8 @@ mutmut files the functions a test called, add those the test's subprocesses call
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import shutil
 import tempfile
@@ -46,11 +48,31 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if item not in slow]
+    if os.environ.get("MUTANT_UNDER_TEST") not in (None, "", "stats", "fail"):
+        durations = duration_by_test()
+        items.sort(key=lambda item: durations[item.nodeid])
+
+
+def duration_by_test() -> dict[str, float]:
+    """How long each test took in mutmut's collection run: mutmut hands a mutant's tests over
+    in no particular order and stops at the first failure (``-x``), so the quickest first
+    finds a killing test sooner. The unit tests come before the ones that start ``expt``."""
+    stats = Path("mutmut-stats.json")  # mutmut runs the tests in .mutation/mutants/
+    durations = json.loads(stats.read_text())["duration_by_test"] if stats.is_file() else {}
+    return collections.defaultdict(float, durations)
 
 
 def pytest_runtest_logreport(report: Any) -> None:
     """mutmut hides the output of its clean run (the tests with no mutant); keep what failed in
-    ``.mutation/clean-run-failures.txt`` (the tests run in ``.mutation/mutants/``)."""
-    if report.failed and os.environ.get("MUTANT_UNDER_TEST") == "":
+    ``.mutation/clean-run-failures.txt`` (the tests run in ``.mutation/mutants/``). mutmut
+    does not say which test killed a mutant either: ``.mutation/kills.txt`` does, a line per
+    kill, so that a flaky test's kills can be found and checked again."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST")
+    if not report.failed or mutant in (None, "stats", "fail"):
+        return
+    if mutant == "":
         with open(Path.cwd().parent / "clean-run-failures.txt", "a") as f:
             f.write(f"{report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+    else:
+        with open(Path.cwd().parent / "kills.txt", "a") as f:
+            f.write(f"{mutant}\t{report.nodeid}\t{report.when}\n")
