@@ -5,6 +5,7 @@
     python scripts/mutation.py --score               # the per-module table of the last runs only
     python scripts/mutation.py --sample 300          # 300 mutants drawn from the whole tree
     python scripts/mutation.py --sample 300 --score  # that sample's score, from saved verdicts
+    python scripts/mutation.py --sample 300 --again  # check the killed ones again too
     python scripts/mutation.py --survivors exptorch.config   # what survived, as diffs
 
 mutmut names a mutant after the module its file path spells (``exptorch/config.py`` ->
@@ -194,6 +195,7 @@ def run_mutmut(mutmut: str, names: list[str], max_children: int, env: dict[str, 
     command = [mutmut, "run", "--max-children", str(max_children), *names]
     failures = WORKSPACE / "clean-run-failures.txt"
     failures.unlink(missing_ok=True)
+    (WORKSPACE / "kills.txt").unlink(missing_ok=True)  # which test killed each mutant, this run
     code = subprocess.run(command, cwd=WORKSPACE, env=env).returncode
     if failures.is_file():
         print(f"Tests failed without any mutant (see {failures}):")
@@ -201,7 +203,9 @@ def run_mutmut(mutmut: str, names: list[str], max_children: int, env: dict[str, 
     return code
 
 
-def run_sample(size: int, seed: int, mutmut: str, max_children: int, env: dict[str, str]) -> int:
+def run_sample(
+    size: int, seed: int, mutmut: str, max_children: int, env: dict[str, str], again: bool
+) -> int:
     """Check a uniform sample of the whole tree's mutants: its score estimates the tree's."""
     if not sample_file(size, seed).is_file():
         # generate every mutant and collect which tests call what; mutmut then stops, as no
@@ -209,8 +213,9 @@ def run_sample(size: int, seed: int, mutmut: str, max_children: int, env: dict[s
         run_mutmut(mutmut, ["exptorch.no_mutant_has_this_name"], max_children, env)
     names = draw_sample(size, seed)
     codes = verdicts()
-    # a killed mutant stays killed; the others are checked (again: new tests may kill them)
-    todo = [n for n in names if verdict(codes.get(n)) != "killed"]
+    # a killed mutant stays killed, unless ``again``; the others are checked (again: new tests
+    # may kill them)
+    todo = [n for n in names if again or verdict(codes.get(n)) != "killed"]
     if todo:
         code = run_mutmut(mutmut, todo, max_children, env)
         if code:
@@ -237,6 +242,11 @@ def main() -> int:
         help="check N mutants drawn at random from the whole tree, for an estimate of its score",
     )
     parser.add_argument("--seed", type=int, default=0, help="the seed of --sample's draw (0)")
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="with --sample: check the killed mutants again too (to audit their kills)",
+    )
     parser.add_argument("--score", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="show the surviving mutants")
     args = parser.parse_args()
@@ -256,7 +266,7 @@ def main() -> int:
             print_sample_score(draw_sample(args.sample, args.seed))
             return 0
         write_config(args.tests)
-        return run_sample(args.sample, args.seed, mutmut, args.max_children, env)
+        return run_sample(args.sample, args.seed, mutmut, args.max_children, env, args.again)
     if not args.score:
         write_config(args.tests)
         code = run_mutmut(mutmut, globs, args.max_children, env)
