@@ -218,16 +218,18 @@ def test_a_grid_over_an_int_range_without_a_step_takes_every_integer(
 def test_metric_plugins_add_their_test_metric(tmp_path: Path, make_plugins) -> None:
     from exptorch import hookimpl
 
-    class F1Metric:
+    class BalancedAccuracy:
         @hookimpl
         def register_metrics(self, register):
-            register("macro-f1", object)
+            register("balanced-accuracy", object)
 
-    plugins = make_plugins(("f1", F1Metric()))
-    if "metric" not in plugins.registry:
-        pytest.skip("this exptorch has no metric plugins yet")
-    path = write_sweep(tmp_path, 'trials = 1\nmetric = "test_macro_f1"\ndirection = "maximize"')
-    assert read_sweep(path, plugins).metric == "test_macro_f1"
+    sweep = 'trials = 1\nmetric = "test_balanced_accuracy"\ndirection = "maximize"'
+    path = write_sweep(tmp_path, sweep)
+    with pytest.raises(ExptError, match=r"'test_balanced_accuracy' .* is not one a run writes"):
+        read_sweep(path, make_plugins())
+    plugins = make_plugins(("balanced", BalancedAccuracy()))
+    assert read_sweep(path, plugins).metric == "test_balanced_accuracy"
+    assert read_sweep(path, plugins).direction == "maximize"
 
 
 def test_cli_refuses_a_bad_sweep_file_before_any_trial(tmp_path: Path) -> None:
