@@ -263,7 +263,9 @@ def main() -> int:
         return show_survivors(mutmut, globs, env)
     if args.sample is not None:
         if args.score:
-            print_sample_score(draw_sample(args.sample, args.seed))
+            names = draw_sample(args.sample, args.seed)
+            print_scores(scores([], set(names)))
+            print_sample_score(names)
             return 0
         write_config(args.tests)
         return run_sample(args.sample, args.seed, mutmut, args.max_children, env, args.again)
