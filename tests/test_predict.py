@@ -18,7 +18,13 @@ from image_folders import COLOURS, colour_run, picture
 from PIL import Image
 
 from exptorch import ExptError
-from exptorch.checkpoint import build_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from exptorch.checkpoint import (
+    build_model,
+    latest_checkpoint,
+    load_checkpoint,
+    load_trained,
+    save_checkpoint,
+)
 from exptorch.data import Batches
 from exptorch.predict import predict_files
 from exptorch.types import DatasetInfo
@@ -193,6 +199,20 @@ BAD_INFO = {
     ),
     "classes": (lambda info: info.update(classes=[]), "it has 0 classes"),
 }
+
+
+def test_a_model_name_that_is_not_a_string_is_bad_metadata(
+    plugins, checkpoint: Path, tmp_path: Path
+) -> None:
+    path = tampered_copy(checkpoint, tmp_path / "tampered", lambda info: None)
+    sidecar = path.with_name(path.name + ".json")
+    data = json.loads(sidecar.read_text())
+    data["meta"]["model"] = 5
+    sidecar.write_text(json.dumps(data))
+    with pytest.raises(ExptError) as info:
+        load_trained(plugins, path, device="cpu")
+    reason = "its model name is 5, not a string"
+    assert str(info.value) == f"Checkpoint {path} has bad metadata: {reason}."
 
 
 @pytest.mark.parametrize("case", list(BAD_INFO))

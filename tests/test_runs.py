@@ -245,3 +245,15 @@ def test_plot_of_a_one_epoch_run_draws_its_train_loss_point(tmp_path: Path, monk
     (train,) = [line for line in figures[0].axes[0].get_lines() if line.get_label() == "one train"]
     assert len(train.get_xdata()) == 1 and train.get_marker() not in (None, "None", "", " ")
     assert (tmp_path / "one.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_run_whose_state_was_never_written_is_unknown(tmp_path: Path) -> None:
+    """A folder whose state.json is missing, torn or says nothing reads as ``unknown``."""
+    from exptorch.runs import read_run
+
+    for i, text in enumerate((None, '{"epoch": 1', '{"epoch": 1}')):
+        folder = tmp_path / f"run-{i}"
+        folder.mkdir()
+        if text is not None:
+            (folder / "state.json").write_text(text)
+        assert read_run(folder).state == "unknown", text

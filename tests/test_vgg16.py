@@ -82,8 +82,12 @@ def test_wrong_weights_file_is_one_sentence(tmp_path: Path) -> None:
     torch.save({"model.0.weight": torch.zeros(3)}, path)
     with pytest.raises(ExptError, match="does not hold torchvision VGG16 weights"):
         vgg16.build(CIFAR, vgg16_pretrained=str(path))
-    with pytest.raises(ExptError, match="does not exist"):
+    with pytest.raises(ExptError) as info:
         vgg16.build(CIFAR, vgg16_pretrained=str(tmp_path / "missing.pth"))
+    assert str(info.value) == (
+        f"Pretrained weights file {tmp_path / 'missing.pth'} does not exist (use a "
+        ".pth/.safetensors file, or 'imagenet' for torchvision's weights)."
+    )
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(ExptError, match="is not a readable weights file"):
         vgg16.build(CIFAR, vgg16_pretrained=str(tmp_path / "junk.pth"))
