@@ -469,6 +469,7 @@ def test_predict_json_names_every_field(tmp_path: Path) -> None:
     best = prediction["top"][0]
     assert (prediction["class"], prediction["probability"]) == (best["class"], best["probability"])
     assert [set(t) for t in prediction["top"]] == [{"class", "probability"}] * 2
+    assert all(t["probability"] == round(t["probability"], 6) for t in prediction["top"])
 
 
 def test_onecycle_rises_from_a_tenth_to_the_full_rate_over_the_first_quarter() -> None:
