@@ -455,3 +455,40 @@ def test_ctrl_c_while_plugins_load_ends_quietly(expt, tmp_path: Path) -> None:
     for command in (["--help"], ["plugins"]):
         result = expt(*command, env={"PYTHONPATH": search_path(site)})
         assert (result.returncode, result.stderr) == (130, "Interrupted.\n"), command
+
+
+class Switches:
+    @hookimpl
+    def register_models(self, register):
+        register(
+            "switched",
+            lambda info, **_: None,
+            options=[
+                Option("sw_on", default=True, is_flag=True, help="on unless turned off"),
+                Option("sw_off", default=False, is_flag=True, help="off unless turned on"),
+            ],
+        )
+
+
+def test_a_plugin_flag_is_an_on_off_switch_whatever_its_default(make_plugins) -> None:
+    """A flag that defaults to on can be turned off (``--no-...``), and the best command of a
+    sweep spells either value so that it trains the same model again."""
+    import click
+
+    from exptorch.cli import add_plugin_options
+    from exptorch.sweep_report import run_command
+
+    plugins = make_plugins(("switches", Switches()))
+    command = click.Command("run", params=[])
+    add_plugin_options(command, plugins, kinds=("model",))
+
+    def parse(*args: str) -> dict[str, bool]:
+        params = command.make_context("run", list(args)).params
+        return {k: v for k, v in params.items() if k.startswith("sw_")}
+
+    assert parse() == {"sw_on": True, "sw_off": False}
+    assert parse("--no-sw-on", "--sw-off") == {"sw_on": False, "sw_off": True}
+    assert parse("--sw-on", "--no-sw-off") == {"sw_on": True, "sw_off": False}
+    spelled = run_command({}, {"sw-on": False, "sw-off": True}, None, plugins)
+    assert spelled == "expt run --no-sw-on --sw-off"
+    assert parse(*spelled.split()[2:]) == {"sw_on": False, "sw_off": True}

@@ -159,14 +159,16 @@ def add_plugin_options(
             continue
         taken.add(opt.name)
         kwargs: dict[str, Any] = {"help": f"[{reg.kind} {reg.name}] {opt.help}".strip()}
-        if opt.is_flag:
-            kwargs.update(is_flag=True, default=bool(opt.default))
+        declarations = [opt.flag, opt.name]
+        if opt.is_flag:  # an on/off switch: a flag that defaults to on can be turned off
+            declarations[0] = f"{opt.flag}/{opt.off_flag}"
+            kwargs.update(default=bool(opt.default))
         elif opt.choices:
             kwargs.update(type=click.Choice(list(opt.choices)), default=opt.default)
         else:
             kwargs.update(type=opt.type, default=opt.default)
         kwargs["show_default"] = opt.default is not None
-        command.params.append(click.Option([opt.flag, opt.name], **kwargs))
+        command.params.append(click.Option(declarations, **kwargs))
 
 
 @click.command("run")

@@ -163,7 +163,7 @@ def run_command(
         if name in options:
             flag = options[name].flag
             if options[name].is_flag:
-                words += [flag] if value else []
+                words.append(flag if value else options[name].off_flag)
                 continue
         for item in value if isinstance(value, list) else [value]:
             words += [flag, repr(item) if isinstance(item, float) else str(item)]

@@ -51,6 +51,11 @@ class Option:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    @property
+    def off_flag(self) -> str:
+        """What turns an ``is_flag`` option off (``--no-tv-pretrained``), whatever its default."""
+        return "--no-" + self.flag[2:]
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
