@@ -6,6 +6,7 @@
     python scripts/mutation.py --sample 300          # 300 mutants drawn from the whole tree
     python scripts/mutation.py --sample 300 --score  # that sample's score, from saved verdicts
     python scripts/mutation.py --sample 300 --again  # check the killed ones again too
+    python scripts/mutation.py --recollect exptorch.config   # after editing tests: see below
     python scripts/mutation.py --survivors exptorch.config   # what survived, as diffs
 
 mutmut names a mutant after the module its file path spells (``exptorch/config.py`` ->
@@ -19,7 +20,9 @@ mutant under test through ``MUTANT_UNDER_TEST``).
 
 mutmut collects once which tests call which function (``.mutation/mutants/mutmut-stats.json``),
 runs only those tests against each mutant and keeps every verdict in ``.mutation/mutants/``; a
-later run re-tests only the functions whose code changed. Delete ``.mutation/`` to start again.
+later run re-tests only the functions whose code changed. mutmut collects the calls of new tests,
+but not again those of a test that was edited: ``--recollect`` collects them all again (after
+editing tests, before trusting a "survived"). Delete ``.mutation/`` to start again.
 The ``expt`` processes the tests start report the functions they call too (see
 ``scripts/mutation_site/``), so a function only such a process runs is tested through them.
 """
@@ -247,6 +250,11 @@ def main() -> int:
         action="store_true",
         help="with --sample: check the killed mutants again too (to audit their kills)",
     )
+    parser.add_argument(
+        "--recollect",
+        action="store_true",
+        help="collect again which tests call what (mutmut does it only for new tests)",
+    )
     parser.add_argument("--score", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="show the surviving mutants")
     args = parser.parse_args()
@@ -261,6 +269,8 @@ def main() -> int:
     )
     if args.survivors:
         return show_survivors(mutmut, globs, env)
+    if args.recollect:
+        (WORKSPACE / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     if args.sample is not None:
         if args.score:
             names = draw_sample(args.sample, args.seed)
