@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,33 @@ def test_the_test_that_killed_a_mutant_is_recorded(tmp_path: Path) -> None:
         "exptorch.a.x_f__mutmut_2\ttests/test_kill.py::test_fails\tcall\n"
         "exptorch.a.x_f__mutmut_3\ttests/test_kill.py::test_fails\tcall\n"
     )
+
+
+def test_a_mutants_tests_get_the_signal_handlers_a_python_process_starts_with(
+    tmp_path: Path,
+) -> None:
+    """mutmut's fork server ignores SIGINT and handles SIGTERM; a test of exptorch's signal
+    handling must not fail there whatever the mutant. Ignored signals survive ``exec``, so a
+    process started with both ignored stands in for mutmut's worker."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_signals.py").write_text(
+        "import signal\n"
+        "def test_handlers():\n"
+        "    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        "    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
+    )
+
+    def ignored_signals() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def outcome(mutant: str) -> int:
+        env = dict(os.environ, PYTHONPATH=str(SITE), MUTANT_UNDER_TEST=mutant)
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "mutation_hits", "-p", "no:cacheprovider",
+             "-q", "tests"],
+            cwd=tmp_path, env=env, capture_output=True, preexec_fn=ignored_signals, check=False,
+        ).returncode  # fmt: skip
+
+    assert outcome("exptorch.a.x_f__mutmut_1") == 0
+    assert outcome("") == 1  # the clean run is not forked from the server: left as it is

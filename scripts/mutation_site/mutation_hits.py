@@ -7,6 +7,7 @@ import collections
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,16 @@ def pytest_runtest_teardown(item: Any, nextitem: Any) -> None:
 TOO_FAST_FOR_MUTMUT = (
     "tests/test_reliability.py::test_ctrl_c_during_start_up_prints_no_traceback[0.05]",
 )
+
+
+def pytest_configure(config: Any) -> None:
+    """mutmut runs a mutant's tests in a process forked from its fork server, which ignores
+    SIGINT and handles SIGTERM itself: give the tests the handlers a Python process starts
+    with, or a test of exptorch's own signal handling fails whatever the mutant (a false
+    kill)."""
+    if os.environ.get("MUTANT_UNDER_TEST") not in (None, "", "stats", "fail"):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
