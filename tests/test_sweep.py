@@ -698,7 +698,9 @@ def test_killed_sweep_resumes_its_trial_from_the_checkpoint(tmp_path: Path) -> N
 
 
 def test_ctrl_c_stops_every_worker_resumably(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path, 'trials = 2\nsampler = "random"\nseed = 0', base=LONG)
+    # ten epochs: under load the first worker must not finish before the second has one
+    longer = LONG.replace("epochs = 3", "epochs = 10")
+    path = write_sweep(tmp_path, 'trials = 2\nsampler = "random"\nseed = 0', base=longer)
     args = [*EXPT, "sweep", "run", str(path), "--name", "c", "--workers", "2"]
     proc = subprocess.Popen(
         args, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
