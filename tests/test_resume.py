@@ -272,3 +272,42 @@ def test_a_nan_stop_names_the_last_good_checkpoint_only_when_there_is_one(
         "The training loss became nan at epoch 3, step 13, so the run stopped; "
         "the last good checkpoint is epoch 2; lower --lr and start again."
     )
+
+
+class DropoutNet(torch.nn.Module):
+    """QuickNet behind a dropout layer: every training step draws from torch's generator."""
+
+    def __init__(self, info) -> None:
+        super().__init__()
+        from exptorch_plugins.networks import QuickNet
+
+        self.drop = torch.nn.Dropout(0.3)
+        self.net = QuickNet(info.channels, info.height, info.width, info.num_classes)
+
+    def forward(self, x):
+        return self.net(self.drop(x))
+
+
+class DropoutPlugin:
+    @hookimpl
+    def register_models(self, register):
+        register("dropout-net", lambda info, **_: DropoutNet(info))
+
+
+def test_resume_is_exact_when_training_draws_random_numbers(make_plugins, tmp_path: Path) -> None:
+    """The checkpoint keeps torch's random state and a resume puts it back: the dropout masks
+    after a mid-epoch SIGTERM are the ones an uninterrupted run drew."""
+    plugins = make_plugins(("stop", StopPlugin()), ("dropout", DropoutPlugin()))
+    quiet = lambda _: None  # noqa: E731
+    straight = run_experiment(
+        config(tmp_path, "straight", model="dropout-net"), plugins, echo=quiet
+    )
+    StopAtStep.at = 8  # epoch 2, batch 2 of 6
+    try:
+        with pytest.raises(RunInterrupted):
+            cut = config(tmp_path, "cut", model="dropout-net", logger=["stop-at-step"])
+            run_experiment(cut, plugins, echo=quiet)
+    finally:
+        StopAtStep.at = 0
+    torch.manual_seed(12345)  # whatever state this process's generator is in now
+    assert_identical(plugins, straight, resume(plugins, tmp_path / "runs" / "cut"))
