@@ -311,3 +311,21 @@ def test_resume_is_exact_when_training_draws_random_numbers(make_plugins, tmp_pa
         StopAtStep.at = 0
     torch.manual_seed(12345)  # whatever state this process's generator is in now
     assert_identical(plugins, straight, resume(plugins, tmp_path / "runs" / "cut"))
+
+
+def test_a_resumed_run_keeps_the_best_accuracy_of_its_earlier_epochs(
+    make_plugins, tmp_path: Path
+) -> None:
+    """state.json's best test accuracy after a resume is the best of every epoch, those before
+    the resume included (read back from metrics.jsonl, here made the best on purpose)."""
+    plugins = make_plugins()
+    run = run_experiment(config(tmp_path, "b", epochs=1), plugins, echo=lambda _: None)
+    metrics = run / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for record in records:
+        if "test_accuracy" in record:
+            record["test_accuracy"] = 0.99
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    resume(plugins, run, epochs=2)
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == 2 and state["best_test_accuracy"] == 0.99
