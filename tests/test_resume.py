@@ -329,3 +329,32 @@ def test_a_resumed_run_keeps_the_best_accuracy_of_its_earlier_epochs(
     resume(plugins, run, epochs=2)
     state = json.loads((run / "state.json").read_text())
     assert state["epoch"] == 2 and state["best_test_accuracy"] == 0.99
+
+
+class NaNWhenEvaluated(torch.nn.Module):
+    """QuickNet whose output is NaN in eval mode only: the training loss stays finite."""
+
+    def __init__(self, info) -> None:
+        super().__init__()
+        from exptorch_plugins.networks import QuickNet
+
+        self.net = QuickNet(info.channels, info.height, info.width, info.num_classes)
+
+    def forward(self, x):
+        out = self.net(x)
+        return out if self.training else out * float("nan")
+
+
+class NaNTestPlugin:
+    @hookimpl
+    def register_models(self, register):
+        register("nan-test", lambda info, **_: NaNWhenEvaluated(info))
+
+
+def test_a_nan_test_loss_stops_the_run(make_plugins, tmp_path: Path) -> None:
+    plugins = make_plugins(("nan-test", NaNTestPlugin()))
+    with pytest.raises(ExptError) as info:
+        run_experiment(config(tmp_path, "t", model="nan-test"), plugins, echo=lambda _: None)
+    assert str(info.value) == (
+        "The test loss became nan after epoch 1, so the run stopped; lower --lr and start again."
+    )
