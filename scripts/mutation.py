@@ -269,7 +269,7 @@ def main() -> int:
     )
     if args.survivors:
         return show_survivors(mutmut, globs, env)
-    if args.recollect:
+    if args.recollect and not args.score:  # only a run collects anything
         (WORKSPACE / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     if args.sample is not None:
         if args.score:

@@ -88,6 +88,18 @@ def test_the_sample_score_counts_only_the_sampled_mutants(
 SITE = SCRIPT.parent / "mutation_site"
 
 
+def pytest_with_the_plugin(
+    folder: Path, mutant: str, *args: str, **kwargs
+) -> subprocess.CompletedProcess[str]:
+    """pytest in ``folder`` with scripts/mutation_site's plugin, as mutmut runs it for
+    ``mutant`` ("" is the clean run)."""
+    env = dict(os.environ, PYTHONPATH=str(SITE), MUTANT_UNDER_TEST=mutant)
+    command = [sys.executable, "-m", "pytest", "-p", "mutation_hits", "-p", "no:cacheprovider"]
+    return subprocess.run(
+        [*command, *args, "tests"], cwd=folder, env=env, capture_output=True, text=True, **kwargs
+    )
+
+
 def test_a_mutants_tests_run_quickest_first(tmp_path: Path) -> None:
     """mutmut stops at a mutant's first failing test; the plugin puts the quickest first, by
     the durations mutmut recorded, and leaves the order alone outside a mutant's run."""
@@ -100,12 +112,7 @@ def test_a_mutants_tests_run_quickest_first(tmp_path: Path) -> None:
     (tmp_path / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
 
     def order(mutant: str) -> list[str]:
-        env = dict(os.environ, PYTHONPATH=str(SITE), MUTANT_UNDER_TEST=mutant)
-        out = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "mutation_hits", "-p", "no:cacheprovider",
-             "-v", "tests"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+        out = pytest_with_the_plugin(tmp_path, mutant, "-v", check=True).stdout
         return re.findall(r"::test_(\w+) PASSED", out)
 
     assert order("exptorch.a.x_f__mutmut_1") == ["quick", "medium", "slow"]
@@ -121,12 +128,7 @@ def test_the_test_that_killed_a_mutant_is_recorded(tmp_path: Path) -> None:
         "def test_passes(): pass\ndef test_fails(): assert False\n"
     )
     for mutant in ("exptorch.a.x_f__mutmut_2", "exptorch.a.x_f__mutmut_3"):
-        env = dict(os.environ, PYTHONPATH=str(SITE), MUTANT_UNDER_TEST=mutant)
-        subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "mutation_hits", "-p", "no:cacheprovider",
-             "-x", "-q", "tests"],
-            cwd=project, env=env, capture_output=True, check=False,
-        )  # fmt: skip
+        pytest_with_the_plugin(project, mutant, "-x", "-q", check=False)
     assert (tmp_path / "kills.txt").read_text() == (
         "exptorch.a.x_f__mutmut_2\ttests/test_kill.py::test_fails\tcall\n"
         "exptorch.a.x_f__mutmut_3\ttests/test_kill.py::test_fails\tcall\n"
@@ -152,12 +154,10 @@ def test_a_mutants_tests_get_the_signal_handlers_a_python_process_starts_with(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def outcome(mutant: str) -> int:
-        env = dict(os.environ, PYTHONPATH=str(SITE), MUTANT_UNDER_TEST=mutant)
-        return subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "mutation_hits", "-p", "no:cacheprovider",
-             "-q", "tests"],
-            cwd=tmp_path, env=env, capture_output=True, preexec_fn=ignored_signals, check=False,
-        ).returncode  # fmt: skip
+        result = pytest_with_the_plugin(
+            tmp_path, mutant, "-q", preexec_fn=ignored_signals, check=False
+        )
+        return result.returncode
 
     assert outcome("exptorch.a.x_f__mutmut_1") == 0
     assert outcome("") == 1  # the clean run is not forked from the server: left as it is

@@ -44,12 +44,18 @@ TOO_FAST_FOR_MUTMUT = (
 )
 
 
+def running_a_mutant() -> bool:
+    """Whether mutmut runs this process for a mutant (not for its collection of which tests call
+    what, its clean run or its check that a failing test is seen)."""
+    return os.environ.get("MUTANT_UNDER_TEST") not in (None, "", "stats", "fail")
+
+
 def pytest_configure(config: Any) -> None:
     """mutmut runs a mutant's tests in a process forked from its fork server, which ignores
     SIGINT and handles SIGTERM itself: give the tests the handlers a Python process starts
     with, or a test of exptorch's own signal handling fails whatever the mutant (a false
     kill)."""
-    if os.environ.get("MUTANT_UNDER_TEST") not in (None, "", "stats", "fail"):
+    if running_a_mutant():
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -59,7 +65,7 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if item not in slow]
-    if os.environ.get("MUTANT_UNDER_TEST") not in (None, "", "stats", "fail"):
+    if running_a_mutant():
         durations = duration_by_test()
         items.sort(key=lambda item: durations[item.nodeid])
 
@@ -78,12 +84,12 @@ def pytest_runtest_logreport(report: Any) -> None:
     ``.mutation/clean-run-failures.txt`` (the tests run in ``.mutation/mutants/``). mutmut
     does not say which test killed a mutant either: ``.mutation/kills.txt`` does, a line per
     kill, so that a flaky test's kills can be found and checked again."""
-    mutant = os.environ.get("MUTANT_UNDER_TEST")
-    if not report.failed or mutant in (None, "stats", "fail"):
+    if not report.failed:
         return
+    mutant = os.environ.get("MUTANT_UNDER_TEST")
     if mutant == "":
         with open(Path.cwd().parent / "clean-run-failures.txt", "a") as f:
             f.write(f"{report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
-    else:
+    elif running_a_mutant():
         with open(Path.cwd().parent / "kills.txt", "a") as f:
             f.write(f"{mutant}\t{report.nodeid}\t{report.when}\n")
