@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -206,14 +207,30 @@ def test_resume_refuses_what_would_not_continue_the_same_run(plugins, tmp_path: 
         resume(plugins, tmp_path / "nope", epochs=3)
 
 
+def quicknet(info) -> torch.nn.Module:
+    from exptorch_plugins.networks import QuickNet
+
+    return QuickNet(info.channels, info.height, info.width, info.num_classes)
+
+
+class ModelPlugin:
+    """Registers test models, each given as ``name=factory(info)``."""
+
+    def __init__(self, **factories) -> None:
+        self.factories = factories
+
+    @hookimpl
+    def register_models(self, register):
+        for name, factory in self.factories.items():
+            register(name, lambda info, _factory=factory, **_: _factory(info))
+
+
 class NaNAfter(torch.nn.Module):
     """QuickNet whose output turns to NaN after ``n`` training steps."""
 
     def __init__(self, info, n: int) -> None:
         super().__init__()
-        from exptorch_plugins.networks import QuickNet
-
-        self.net = QuickNet(info.channels, info.height, info.width, info.num_classes)
+        self.net = quicknet(info)
         self.n = n
 
     def forward(self, x):
@@ -223,14 +240,8 @@ class NaNAfter(torch.nn.Module):
         return out * float("nan") if self.n < 0 else out
 
 
-class NaNPlugin:
-    @hookimpl
-    def register_models(self, register):
-        register("nan-after-8", lambda info, **_: NaNAfter(info, 8))
-
-
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_plugins, tmp_path: Path) -> None:
-    plugins = make_plugins(("nan", NaNPlugin()))
+    plugins = make_plugins(("nan", ModelPlugin(**{"nan-after-8": lambda info: NaNAfter(info, 8)})))
     with pytest.raises(ExptError, match=r"training loss became nan at epoch 2, step 9") as info:
         run_experiment(config(tmp_path, "n", model="nan-after-8"), plugins, echo=lambda _: None)
     assert "last good checkpoint is epoch 1" in str(info.value)
@@ -241,22 +252,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_plugins, tmp_pat
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-class NaNLater:
-    """A QuickNet that turns to NaN after ``steps`` training steps; the test sets ``steps``."""
-
-    steps = 0
-
-    @hookimpl
-    def register_models(self, register):
-        register("nan-later", lambda info, **_: NaNAfter(info, self.steps))
-
-
 def test_a_nan_stop_names_the_last_good_checkpoint_only_when_there_is_one(
     make_plugins, tmp_path: Path
 ) -> None:
-    nan = NaNLater()
-    plugins = make_plugins(("nan", nan))
-    nan.steps = 2
+    nan = types.SimpleNamespace(steps=2)  # NaN after this many training steps
+    plugins = make_plugins(("nan", ModelPlugin(**{"nan-later": lambda i: NaNAfter(i, nan.steps)})))
     with pytest.raises(ExptError) as info:
         run_experiment(config(tmp_path, "a", model="nan-later"), plugins, echo=lambda _: None)
     assert str(info.value) == (
@@ -279,25 +279,19 @@ class DropoutNet(torch.nn.Module):
 
     def __init__(self, info) -> None:
         super().__init__()
-        from exptorch_plugins.networks import QuickNet
-
         self.drop = torch.nn.Dropout(0.3)
-        self.net = QuickNet(info.channels, info.height, info.width, info.num_classes)
+        self.net = quicknet(info)
 
     def forward(self, x):
         return self.net(self.drop(x))
 
 
-class DropoutPlugin:
-    @hookimpl
-    def register_models(self, register):
-        register("dropout-net", lambda info, **_: DropoutNet(info))
-
-
 def test_resume_is_exact_when_training_draws_random_numbers(make_plugins, tmp_path: Path) -> None:
     """The checkpoint keeps torch's random state and a resume puts it back: the dropout masks
     after a mid-epoch SIGTERM are the ones an uninterrupted run drew."""
-    plugins = make_plugins(("stop", StopPlugin()), ("dropout", DropoutPlugin()))
+    plugins = make_plugins(
+        ("stop", StopPlugin()), ("dropout", ModelPlugin(**{"dropout-net": DropoutNet}))
+    )
     quiet = lambda _: None  # noqa: E731
     straight = run_experiment(
         config(tmp_path, "straight", model="dropout-net"), plugins, echo=quiet
@@ -336,23 +330,15 @@ class NaNWhenEvaluated(torch.nn.Module):
 
     def __init__(self, info) -> None:
         super().__init__()
-        from exptorch_plugins.networks import QuickNet
-
-        self.net = QuickNet(info.channels, info.height, info.width, info.num_classes)
+        self.net = quicknet(info)
 
     def forward(self, x):
         out = self.net(x)
         return out if self.training else out * float("nan")
 
 
-class NaNTestPlugin:
-    @hookimpl
-    def register_models(self, register):
-        register("nan-test", lambda info, **_: NaNWhenEvaluated(info))
-
-
 def test_a_nan_test_loss_stops_the_run(make_plugins, tmp_path: Path) -> None:
-    plugins = make_plugins(("nan-test", NaNTestPlugin()))
+    plugins = make_plugins(("nan-test", ModelPlugin(**{"nan-test": NaNWhenEvaluated})))
     with pytest.raises(ExptError) as info:
         run_experiment(config(tmp_path, "t", model="nan-test"), plugins, echo=lambda _: None)
     assert str(info.value) == (
