@@ -227,9 +227,8 @@ def test_metric_plugins_add_their_test_metric(tmp_path: Path, make_plugins) -> N
     path = write_sweep(tmp_path, sweep)
     with pytest.raises(ExptError, match=r"'test_balanced_accuracy' .* is not one a run writes"):
         read_sweep(path, make_plugins())
-    plugins = make_plugins(("balanced", BalancedAccuracy()))
-    assert read_sweep(path, plugins).metric == "test_balanced_accuracy"
-    assert read_sweep(path, plugins).direction == "maximize"
+    sweep_read = read_sweep(path, make_plugins(("balanced", BalancedAccuracy())))
+    assert (sweep_read.metric, sweep_read.direction) == ("test_balanced_accuracy", "maximize")
 
 
 def test_cli_refuses_a_bad_sweep_file_before_any_trial(tmp_path: Path) -> None:

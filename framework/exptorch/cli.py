@@ -159,16 +159,16 @@ def add_plugin_options(
             continue
         taken.add(opt.name)
         kwargs: dict[str, Any] = {"help": f"[{reg.kind} {reg.name}] {opt.help}".strip()}
-        declarations = [opt.flag, opt.name]
-        if opt.is_flag:  # an on/off switch: a flag that defaults to on can be turned off
-            declarations[0] = f"{opt.flag}/{opt.off_flag}"
+        # an on/off switch for a flag, so that one that defaults to on can be turned off
+        flag = f"{opt.flag}/{opt.off_flag}" if opt.is_flag else opt.flag
+        if opt.is_flag:
             kwargs.update(default=bool(opt.default))
         elif opt.choices:
             kwargs.update(type=click.Choice(list(opt.choices)), default=opt.default)
         else:
             kwargs.update(type=opt.type, default=opt.default)
         kwargs["show_default"] = opt.default is not None
-        command.params.append(click.Option(declarations, **kwargs))
+        command.params.append(click.Option([flag, opt.name], **kwargs))
 
 
 @click.command("run")
