@@ -51,9 +51,23 @@ def test_wilson_interval_matches_the_published_formula(mutation: ModuleType) -> 
 
 
 def test_verdicts_fold_mutmuts_exit_codes(mutation: ModuleType) -> None:
-    assert [mutation.verdict(c) for c in (None, 1, -24, 0, 33, 5, 2)] == [
-        "not checked", "killed", "killed", "survived", "no tests", "no tests", "other",
+    assert [mutation.verdict(c) for c in (None, 1, -24, 37, 0, 33, 5, 2)] == [
+        "not checked", "killed", "killed", "mypy", "survived", "no tests", "no tests", "other",
     ]  # fmt: skip
+
+
+def test_a_mutant_mypy_rejects_counts_as_killed_and_is_shown_apart(
+    mutation: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": 37,
+               "exptorch.a.x_f__mutmut_2": 1, "exptorch.a.x_f__mutmut_3": 0,
+               "exptorch.a.x_f__mutmut_4": 0, "exptorch.a.x_f__mutmut_5": None})  # fmt: skip
+    mutation.print_scores(mutation.scores([]))
+    row = capsys.readouterr().out.splitlines()[1].split()
+    # module, mypy, killed, survived, no tests, checked, score, (not yet checked)
+    assert row == ["exptorch.a", "1", "1", "2", "0", "4", "50.0%", "(1)"]
+    mutation.print_sample_score(["exptorch.a.x_f__mutmut_1", "exptorch.a.x_f__mutmut_3"])
+    assert "estimated score: 50.0% of 2 checked" in capsys.readouterr().out
 
 
 def test_the_sample_is_drawn_from_every_module_and_saved(mutation: ModuleType) -> None:
@@ -133,6 +147,15 @@ def test_the_test_that_killed_a_mutant_is_recorded(tmp_path: Path) -> None:
         "exptorch.a.x_f__mutmut_2\ttests/test_kill.py::test_fails\tcall\n"
         "exptorch.a.x_f__mutmut_3\ttests/test_kill.py::test_fails\tcall\n"
     )
+    assert not (tmp_path / "clean-run-failures.txt").exists()
+    # with no mutant (mutmut's clean run), a failure is the suite's own: kept with its report
+    pytest_with_the_plugin(project, "", "-x", "-q", check=False)
+    failures = (tmp_path / "clean-run-failures.txt").read_text()
+    assert (
+        failures.startswith("tests/test_kill.py::test_fails (call)\n")
+        and "assert False" in failures
+    )
+    assert (tmp_path / "kills.txt").read_text().count("\n") == 2
 
 
 def test_a_mutants_tests_get_the_signal_handlers_a_python_process_starts_with(

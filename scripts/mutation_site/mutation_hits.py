@@ -80,14 +80,15 @@ def duration_by_test() -> dict[str, float]:
 
 
 def pytest_runtest_logreport(report: Any) -> None:
-    """mutmut hides the output of its clean run (the tests with no mutant); keep what failed in
+    """mutmut hides the output of its clean run and of its collection of which tests call what
+    (the tests with no mutant, ``-x``: one failure stops either); keep what failed in
     ``.mutation/clean-run-failures.txt`` (the tests run in ``.mutation/mutants/``). mutmut
     does not say which test killed a mutant either: ``.mutation/kills.txt`` does, a line per
     kill, so that a flaky test's kills can be found and checked again."""
     if not report.failed:
         return
     mutant = os.environ.get("MUTANT_UNDER_TEST")
-    if mutant == "":
+    if mutant in ("", "stats"):
         with open(Path.cwd().parent / "clean-run-failures.txt", "a") as f:
             f.write(f"{report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
     elif running_a_mutant():
