@@ -42,6 +42,14 @@ def pytest_runtest_teardown(item: Any, nextitem: Any) -> None:
 TOO_FAST_FOR_MUTMUT = (
     "tests/test_reliability.py::test_ctrl_c_during_start_up_prints_no_traceback[0.05]",
 )
+# While mutmut collects which tests call what, the `expt` processes write every function they
+# call to a file (sitecustomize.py): a Ctrl-C 1 s after start then lands about a third of the
+# time at a moment where the process ends killed by SIGINT (-2) after printing "Interrupted.",
+# which neither a plain run nor a mutant's run shows (not found why: tracing the process moves
+# the moment away). One failure stops the collection, so that case is left out of it only.
+UNSTABLE_WHILE_COLLECTING = (
+    "tests/test_reliability.py::test_ctrl_c_during_start_up_prints_no_traceback[1.0]",
+)
 
 
 def running_a_mutant() -> bool:
@@ -61,10 +69,12 @@ def pytest_configure(config: Any) -> None:
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    slow = [item for item in items if item.nodeid.endswith(TOO_FAST_FOR_MUTMUT)]
-    if slow:
-        config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if item not in slow]
+    collecting = os.environ.get("MUTANT_UNDER_TEST") == "stats"
+    left_out = TOO_FAST_FOR_MUTMUT + UNSTABLE_WHILE_COLLECTING * collecting
+    unfit = [item for item in items if item.nodeid.endswith(left_out)]
+    if unfit:
+        config.hook.pytest_deselected(items=unfit)
+        items[:] = [item for item in items if item not in unfit]
     if running_a_mutant():
         durations = duration_by_test()
         items.sort(key=lambda item: durations[item.nodeid])
