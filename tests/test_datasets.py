@@ -334,6 +334,22 @@ def test_fashion_mnist_truncated_file_names_it(plugins, tmp_path: Path) -> None:
         plugins.get("dataset", "fashion-mnist").factory(data_dir=tmp_path, download=False)
 
 
+def test_fashion_mnist_images_that_are_not_one_picture_each_are_refused(
+    plugins, tmp_path: Path
+) -> None:
+    """Test images stored as 1000 rows of 784 pixels (a 2-D IDX file), with the 1000 labels
+    that belong to them: the counts agree, the shapes do not."""
+    fashion_mnist_copy(tmp_path / "fashion-mnist")
+    target = tmp_path / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"
+    pixels = gzip.decompress(target.read_bytes())[16:]  # after the 3-D header
+    flat = struct.pack(">HBBII", 0, 0x08, 2, 1000, 28 * 28) + pixels
+    target.write_bytes(gzip.compress(flat))
+    with pytest.raises(ExptError) as caught:
+        plugins.get("dataset", "fashion-mnist").factory(data_dir=tmp_path, download=False)
+    folder = tmp_path / "fashion-mnist"
+    assert str(caught.value) == f"The Fashion-MNIST test files in {folder} do not match each other."
+
+
 def test_fashion_mnist_missing_offline(plugins, tmp_path: Path) -> None:
     with pytest.raises(ExptError, match=r"Fashion-MNIST is not in .* could not be downloaded"):
         plugins.get("dataset", "fashion-mnist").factory(data_dir=tmp_path, download=True)

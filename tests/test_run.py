@@ -9,12 +9,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from exptorch import Logger, hookimpl
+from exptorch import ExptError, Logger, hookimpl
 from exptorch.checkpoint import load_checkpoint
 from exptorch.config import RunConfig
 from exptorch.rundir import read_metrics
 from exptorch.train import run_experiment
 from exptorch.types import DatasetInfo
+from exptorch_plugins import quicknet
 from exptorch_plugins.networks import QuickNet
 
 
@@ -190,3 +191,22 @@ def test_config_file_and_flags(expt, tmp_path: Path) -> None:
     assert config["lr"] == 0.05  # the flag wins
     assert config["logger"] == ["tensorboard"]
     assert list((tmp_path / "runs" / "from-file").glob("events.out.tfevents.*"))
+
+
+def grey(height: int, width: int) -> DatasetInfo:
+    return DatasetInfo(1, height, width, tuple("abc"), (0.5,), (0.25,))
+
+
+def test_quicknet_takes_images_down_to_8x8_and_says_why_it_refuses_smaller() -> None:
+    """Three 2x2 poolings need at least 8 pixels on each side, whichever side is short."""
+    build = quicknet.build
+    assert build(grey(8, 8))(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+    for height, width in ((7, 8), (8, 7)):
+        with pytest.raises(ExptError) as caught:
+            build(grey(height, width))
+        assert str(caught.value) == (
+            f"quicknet needs images of at least 8x8 pixels; this dataset's are {height}x{width}."
+        )
+        # the network itself refuses too, for code that builds it without the plugin
+        with pytest.raises(ValueError, match=f"at least 8x8 pixels, not {height}x{width}$"):
+            QuickNet(1, height, width, 3)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from exptorch import ExptError
 from exptorch.rundir import RunDir
 
 
@@ -77,3 +80,20 @@ def test_state_json_carries_what_runs_list_shows(tmp_path: Path) -> None:
     state = strict_load((run.path / "state.json").read_text())
     assert state["final"] == {"test_accuracy": 0.7, "test_loss": 1.0}
     assert state["best_test_accuracy"] == 0.7
+
+
+def test_a_run_folder_made_by_another_process_meanwhile_is_kept_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs started with one --name at once: both pass the early check, and the second to
+    finish assembling its folder finds the first's in place. It must say so in one sentence,
+    leave that folder alone and remove its own half."""
+    runs = tmp_path / "runs"
+    (runs / "same").mkdir(parents=True)
+    (runs / "same" / "metrics.jsonl").write_text('{"step": 1}\n')
+    monkeypatch.setattr(RunDir, "check_new", staticmethod(lambda runs_dir, name: None))
+    with pytest.raises(ExptError) as caught:
+        RunDir.create(runs, "same", {"model": "quicknet"})
+    assert str(caught.value) == f"Run {runs / 'same'} already exists; choose another --name."
+    assert (runs / "same" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert sorted(p.name for p in runs.iterdir()) == ["same"]

@@ -119,6 +119,44 @@ def test_warmup_ramps_up_any_schedule_in_a_real_run(tmp_path: Path) -> None:
     assert trace.lrs[8:] == pytest.approx([0.01] * 8)  # milestone epoch 2, gamma 0.1
 
 
+class LossTrace(Callback):
+    """Keeps each step's training loss, as the loop hands it to the callbacks."""
+
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def on_step_end(self, run: Any, step: int, loss: float) -> None:
+        self.losses[step] = loss
+
+
+def test_train_loss_is_the_mean_of_each_window_of_steps(tmp_path: Path) -> None:
+    """``train_loss`` is the mean of the last ``--log-every`` steps' losses; the steps left at
+    the epoch's end (7 and 8 of 8 here) are the epoch record's ``train_loss``."""
+    trace = LossTrace()
+    plugins = make_plugins(("trace", TracePlugin(trace)))
+    run = run_expt(plugins, tmp_path / "runs", epochs=1, log_every=3, echo=lambda _: None)
+    losses = trace.losses
+    assert sorted(losses) == list(range(1, 9))
+    logged = [r["train_loss"] for r in read_metrics(run / "metrics.jsonl") if "train_loss" in r]
+    windows = [(1, 2, 3), (4, 5, 6), (7, 8)]
+    assert logged == pytest.approx([sum(losses[s] for s in w) / len(w) for w in windows])
+
+
+class FailsAtTheEnd(Callback):
+    def on_run_end(self, run: Any, state: str, metrics: Any) -> None:
+        raise OSError("dashboard unreachable")
+
+
+def test_a_callback_failing_at_the_run_end_is_logged_and_the_run_still_finishes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plugins = make_plugins(("late", TracePlugin(FailsAtTheEnd())))
+    run = run_expt(plugins, tmp_path / "runs", epochs=1, echo=lambda _: None)
+    assert json.loads((run / "state.json").read_text())["state"] == "finished"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["a callback failed in on_run_end: OSError: dashboard unreachable"]
+
+
 # --- loss and transforms ---------------------------------------------------------------------
 
 
@@ -365,7 +403,11 @@ class LossNamedMetric:
         ({"loss": "focal"}, "Unknown loss 'focal'; available: cross-entropy."),
         ({"transform": ["flip"]}, "Unknown transform 'flip'; available: crop-flip, cutmix, mixup."),
         ({"metric": ["auc"]}, "Unknown metric 'auc'; available: accuracy, macro-f1, top5."),
-        ({"monitor": "top5"}, "--monitor 'top5' is not a metric this run records"),
+        (
+            {"monitor": "top5"},
+            "--monitor 'top5' is not a metric this run records; available: "
+            "loss, accuracy (add others with --metric).",
+        ),
         ({"sgd_nesterov": True, "optimizer": "adam"}, "--sgd-nesterov belongs to optimizer 'sgd'"),
         ({"mixup_alpha": 0.5}, "--mixup-alpha belongs to transform 'mixup', which this run"),
         ({"step_gamma": 2.0}, "--step-gamma must be at most 1, not 2.0."),
