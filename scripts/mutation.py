@@ -25,6 +25,8 @@ but not again those of a test that was edited: ``--recollect`` collects them all
 editing tests, before trusting a "survived"). Delete ``.mutation/`` to start again.
 The ``expt`` processes the tests start report the functions they call too (see
 ``scripts/mutation_site/``), so a function only such a process runs is tested through them.
+Before any test runs, mypy checks the mutated tree (``type_check_command`` in pyproject.toml):
+a mutant it rejects counts as killed, in a column of its own.
 """
 
 from __future__ import annotations
