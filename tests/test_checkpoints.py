@@ -164,6 +164,29 @@ def test_untrusted_full_checkpoint_is_refused(plugins, tmp_path: Path) -> None:
     assert load_checkpoint(plugins, path, trust=True).module is not None
 
 
+def test_the_full_format_is_safe_when_called_without_trust(plugins, tmp_path: Path) -> None:
+    """Code that calls the format itself (a third-party tool) gets the refusal by default, in
+    full, and a trusted load maps the model onto the CPU."""
+    from dataclasses import replace
+
+    from exptorch_plugins.full import FullFormat
+
+    checkpoint = trained_checkpoint()
+    path = save(plugins, "full", checkpoint, tmp_path)
+    with pytest.raises(ExptError) as info:
+        FullFormat().load(path)
+    assert str(info.value) == (
+        f"{path} is a full checkpoint (a pickled model), and loading it runs whatever code the "
+        "file contains; pass --trust-checkpoint if you made it or trust its source, or save "
+        "with --checkpoint-format safetensors or state_dict instead."
+    )
+    loaded = FullFormat().load(path, trust=True)
+    assert {p.device.type for p in loaded.module.parameters()} == {"cpu"}
+    with pytest.raises(ValueError) as no_module:
+        FullFormat().save(replace(checkpoint, module=None), tmp_path / "none.full.pt")
+    assert str(no_module.value) == "the full format needs the model object (Checkpoint.module)"
+
+
 def test_trusted_full_file_without_a_model_is_named_as_such(plugins, tmp_path: Path) -> None:
     """A trusted ``.full.pt`` that unpickles to something else (a list, a dict without a model)
     is refused with the reason, not with the attribute error of whatever it held."""

@@ -99,6 +99,82 @@ def test_a_failed_download_says_why(tmp_path: Path) -> None:
     assert not list((tmp_path / "data").iterdir())
 
 
+def test_a_download_names_exptorch_and_gives_up_on_a_silent_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over real HTTP on 127.0.0.1: the request says who asks (some servers refuse Python's
+    default agent), and a server that accepts the connection but never answers fails the
+    download after the timeout instead of hanging it, leaving no partial file."""
+    import http.server
+    import socket
+    import threading
+
+    from exptorch_plugins import _download
+
+    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    agents = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            agents.append(self.headers.get("User-Agent"))
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/a.bin"
+        assert _download.download(url, tmp_path / "a.bin").read_bytes() == b"x" * 1000
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert agents == ["exptorch"]
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    monkeypatch.setattr(_download, "TIMEOUT_SECONDS", 0.5)
+    outcome: list[BaseException] = []
+
+    def fetch() -> None:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/b.bin"
+        try:
+            _download.download(url, tmp_path / "b.bin")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=fetch, daemon=True)
+    worker.start()
+    worker.join(20)
+    silent.close()
+    assert not worker.is_alive(), "the download hung on a server that never answers"
+    assert isinstance(outcome[0], _download.DownloadFailed), outcome
+    assert str(outcome[0]).endswith("could not be downloaded: timed out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_ctrl_c_before_the_first_byte_stays_a_ctrl_c(tmp_path: Path, monkeypatch) -> None:
+    """Interrupted while connecting, before any partial file exists: the KeyboardInterrupt
+    reaches the caller as it is (exptorch turns it into exit 130), not a cleanup error."""
+    import urllib.request
+
+    from exptorch_plugins import _download
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(urllib.request, "urlopen", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _download.download("http://127.0.0.1:9/c.bin", tmp_path / "data" / "c.bin")
+    assert not list((tmp_path / "data").iterdir())
+
+
 def test_cifar10_archive_members_outside_its_folder_are_refused(
     plugins, tmp_path: Path, monkeypatch
 ) -> None:

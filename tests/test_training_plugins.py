@@ -89,6 +89,26 @@ def test_step_schedule_decays_at_each_milestone_epoch() -> None:
         schedules.step(steps_per_epoch=10)
 
 
+def test_schedules_at_their_edges() -> None:
+    """A one-step run, steps past the planned end (a run resumed with more epochs), milestone
+    epoch 1 (decay from the start), and the whole sentence of each bad milestone list."""
+    cosine = schedules.cosine(total_steps=1)
+    assert [cosine(0), cosine(1), cosine(5)] == pytest.approx([1.0, 0.0, 0.0])
+    onecycle = schedules.onecycle(total_steps=1)
+    assert [onecycle(1), onecycle(5)] == pytest.approx([0.001, 0.001])
+    from_the_start = schedules.step(steps_per_epoch=10, step_milestones="1", step_gamma=0.5)
+    assert [from_the_start(0), from_the_start(10)] == [0.5, 0.5]
+    bad = {
+        "3,x": "--step-milestones must be epoch numbers separated by commas (3,4), not '3,x'.",
+        "0,2": "--step-milestones must be increasing epoch numbers from 1 on (3,4), not '0,2'.",
+        "": "--schedule step needs --step-milestones, the epochs to decay at (3,4).",
+    }
+    for text, sentence in bad.items():
+        with pytest.raises(ExptError) as caught:
+            schedules.step(steps_per_epoch=10, step_milestones=text)
+        assert str(caught.value) == sentence
+
+
 class LrTrace(Callback):
     def __init__(self) -> None:
         self.lrs: list[float] = []

@@ -137,3 +137,13 @@ def test_config_file_that_cannot_be_read(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("epochs = \n")
     with pytest.raises(ExptError, match=r"^Config file .*bad\.toml is not valid TOML: "):
         read_config_file(tmp_path / "bad.toml")
+
+
+def test_an_exception_without_a_message_is_named_by_its_type() -> None:
+    """What a report says about an error: its type, and its message's first line if any."""
+    from exptorch.errors import describe, first_line
+
+    assert describe(ValueError()) == "ValueError"
+    assert describe(ValueError("  \n")) == "ValueError"
+    assert first_line(OSError()) == "OSError"
+    assert describe(OSError("disk full\nsecond line")) == "OSError: disk full"
