@@ -105,3 +105,38 @@ def test_mistakes_are_one_sentence(tmp_path: Path, setup, kwargs, message) -> No
     with pytest.raises(ExptError, match=message) as info:
         folder.load(**resolved)
     assert "\n" not in str(info.value)
+
+
+def test_each_class_holds_out_its_share_but_keeps_one_image_each_side(tmp_path: Path) -> None:
+    """``--folder-test-fraction`` of each class, rounded, yet at least one test image and at
+    least one training image per class that has two; hidden files are not images."""
+    root = make_class_folders(tmp_path / "train", per_class=10)  # blue, green, red
+    for name, keep in (("green", 3), ("red", 2)):
+        for image in sorted((root / name).iterdir())[keep:]:
+            image.unlink()
+    hidden = root / "red" / ".thumbnail.png"
+    hidden.write_bytes(next((root / "red").glob("*.png")).read_bytes())
+
+    def held_out(fraction: float) -> list[int]:
+        splits = folder.load(
+            folder_train=str(root), folder_image_size=8, folder_test_fraction=fraction
+        )
+        assert len(splits.train_labels) + len(splits.test_labels) == 15
+        return torch.bincount(splits.test_labels, minlength=3).tolist()
+
+    assert held_out(0.2) == [2, 1, 1]  # 2 of 10; 0.6 -> 1 of 3; 0.4 -> at least 1 of 2
+    assert held_out(0.9) == [9, 2, 1]  # each class keeps one image to train on
+
+
+def test_the_image_size_and_test_fraction_limits(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "train", per_class=4)
+    smallest = folder.load(folder_train=str(root), folder_image_size=1)
+    assert smallest.train_images.shape[1:] == (3, 1, 1)
+    with pytest.raises(ExptError) as caught:
+        folder.load(folder_train=str(root), folder_image_size=0)
+    assert str(caught.value) == "--folder-image-size must be at least 1, not 0."
+    for fraction in (0.0, 1.0):
+        with pytest.raises(ExptError) as caught:
+            folder.load(folder_train=str(root), folder_test_fraction=fraction)
+        expected = f"--folder-test-fraction must be between 0 and 1, not {fraction}."
+        assert str(caught.value) == expected

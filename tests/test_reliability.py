@@ -507,3 +507,53 @@ def test_tensorboard_hparams_hold_only_the_options_of_plugins_used(tmp_path: Pat
     assert not foreign, foreign
     saved = json.loads((run / "config.json").read_text())["config"]["options"]
     assert not [k for k in saved if k.startswith(("vgg16", "folder", "wandb"))]
+
+
+def test_what_a_signal_says_when_it_stops_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first signal asks to stop after the step and says so; a second stops at once; the
+    line after the stop names the checkpoint, or says training had not started."""
+    from exptorch.interrupts import StopNow, StopSignals, interrupted
+
+    signals = StopSignals()
+    signals._handle(signal.SIGINT, None)
+    assert signals.received == signal.SIGINT
+    assert capsys.readouterr().err == (
+        "\nSIGINT: stopping after this step and writing a checkpoint "
+        "(send it again to stop at once)\n"
+    )
+    with pytest.raises(StopNow) as again:
+        signals._handle(signal.SIGTERM, None)
+    assert (str(again.value), again.value.signum) == ("SIGTERM", signal.SIGTERM)
+    lines: list[str] = []
+    interrupted(signal.SIGINT, tmp_path, None, 0, 0, lines.append)
+    checkpoint = tmp_path / "checkpoints" / "step-000012.pt"
+    error = interrupted(signal.SIGTERM, tmp_path, checkpoint, 2, 12, lines.append)
+    assert lines == [
+        "SIGINT: stopped before training started",
+        f"SIGTERM: stopped at epoch 2, step 12; checkpoint {checkpoint}",
+    ]
+    assert error.exit_code == 128 + signal.SIGTERM
+
+
+def test_a_failing_logger_is_switched_off_with_one_warning(caplog) -> None:
+    from exptorch import Logger
+    from exptorch.loggers import GuardedLogger
+
+    class Unreachable(Logger):
+        calls = 0
+
+        def log_metrics(self, metrics, step) -> None:
+            Unreachable.calls += 1
+            raise ConnectionError("dashboard unreachable")
+
+    guarded = GuardedLogger("remote", Unreachable())
+    guarded.log_metrics({"loss": 1.0}, 1)
+    guarded.log_metrics({"loss": 0.5}, 2)  # switched off: not called again
+    assert Unreachable.calls == 1
+    assert guarded.failed == "ConnectionError: dashboard unreachable"
+    assert [r.getMessage() for r in caplog.records] == [
+        "logger 'remote' failed in log_metrics (ConnectionError: dashboard unreachable) and is "
+        "switched off; the run continues and metrics.jsonl keeps every metric"
+    ]
