@@ -103,8 +103,9 @@ def test_a_download_names_exptorch_and_gives_up_on_a_silent_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Over real HTTP on 127.0.0.1: the request says who asks (some servers refuse Python's
-    default agent), and a server that accepts the connection but never answers fails the
-    download after the timeout instead of hanging it, leaving no partial file."""
+    default agent); a file cut short by the server is refused, not kept (VGG16's weights have
+    no checksum to catch it); a server that accepts the connection but never answers fails
+    the download after the timeout instead of hanging it. No partial file is left."""
     import http.server
     import socket
     import threading
@@ -121,7 +122,8 @@ def test_a_download_names_exptorch_and_gives_up_on_a_silent_server(
             self.send_response(200)
             self.send_header("Content-Length", "1000")
             self.end_headers()
-            self.wfile.write(b"x" * 1000)
+            self.wfile.write(b"x" * (10 if self.path == "/cut.bin" else 1000))
+            self.close_connection = True
 
         def log_message(self, *args: object) -> None:
             pass
@@ -131,10 +133,14 @@ def test_a_download_names_exptorch_and_gives_up_on_a_silent_server(
     try:
         url = f"http://127.0.0.1:{server.server_port}/a.bin"
         assert _download.download(url, tmp_path / "a.bin").read_bytes() == b"x" * 1000
+        cut = f"http://127.0.0.1:{server.server_port}/cut.bin"
+        with pytest.raises(_download.DownloadFailed) as short:
+            _download.download(cut, tmp_path / "cut.bin")
+        assert str(short.value) == f"{cut} arrived incomplete (10 of 1000 bytes); try again"
     finally:
         server.shutdown()
         server.server_close()
-    assert agents == ["exptorch"]
+    assert agents == ["exptorch", "exptorch"]
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

@@ -34,8 +34,9 @@ class DownloadFailed(Exception):
 def download(url: str, dest: Path, md5: str | None = None) -> Path:
     """Fetch ``url`` into ``dest`` with a progress bar; verify ``md5``; write atomically.
 
-    Raises :class:`DownloadFailed` when there is no network, the server fails, or
-    the checksum does not match (the bad file is removed).
+    Raises :class:`DownloadFailed` when there is no network, the server fails, the
+    file arrives shorter than announced, or the checksum does not match (the bad file
+    is removed).
     """
     from tqdm import tqdm
 
@@ -56,9 +57,18 @@ def download(url: str, dest: Path, md5: str | None = None) -> Path:
                     leave=False,
                 ) as bar,
             ):
+                received = 0
                 while block := response.read(1 << 16):
                     out.write(block)
                     bar.update(len(block))
+                    received += len(block)
+            if total is not None and received != total:
+                # the server closed the connection early: http.client returns the bytes it
+                # got without an error, and a file without a checksum (VGG16's weights)
+                # would be kept half-written
+                raise DownloadFailed(
+                    f"{url} arrived incomplete ({received} of {total} bytes); try again"
+                )
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         tmp.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
