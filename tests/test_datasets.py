@@ -165,6 +165,53 @@ def test_a_download_names_exptorch_and_gives_up_on_a_silent_server(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
 
 
+def test_a_connection_reset_in_the_middle_of_a_download_is_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server sends the headers and a few bytes, then resets the connection: the error
+    raised while reading the body (an OSError without a ``reason``) says what happened."""
+    import errno
+    import http.server
+    import os
+    import socket
+    import struct
+    import threading
+    import time
+
+    from exptorch_plugins import _download
+
+    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+
+    class Resetting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            time.sleep(0.3)  # the client is reading the body by now
+            linger = struct.pack("ii", 1, 0)  # close with a reset, not an orderly end
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            self.connection.close()  # now, before the server's own orderly shutdown
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Resetting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/d.bin"
+    try:
+        with pytest.raises(_download.DownloadFailed) as failed:
+            _download.download(url, tmp_path / "data" / "d.bin")
+    finally:
+        server.shutdown()
+        server.server_close()
+    reason = f"[Errno {errno.ECONNRESET}] {os.strerror(errno.ECONNRESET)}"
+    assert str(failed.value) == f"{url} could not be downloaded: {reason}"
+    assert not list((tmp_path / "data").iterdir())
+
+
 def test_ctrl_c_before_the_first_byte_stays_a_ctrl_c(tmp_path: Path, monkeypatch) -> None:
     """Interrupted while connecting, before any partial file exists: the KeyboardInterrupt
     reaches the caller as it is (exptorch turns it into exit 130), not a cleanup error."""
