@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import http.server
 import logging
 import pickle
 import shutil
 import struct
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +103,28 @@ def test_a_failed_download_says_why(tmp_path: Path) -> None:
     assert not list((tmp_path / "data").iterdir())
 
 
+@contextlib.contextmanager
+def http_server(
+    monkeypatch: pytest.MonkeyPatch, do_get: Callable[[http.server.BaseHTTPRequestHandler], None]
+) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 whose GET handler is ``do_get``; yields its base URL.
+    Proxy variables are cleared so that urllib connects to it directly."""
+    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    handler = type(
+        "Handler",
+        (http.server.BaseHTTPRequestHandler,),
+        {"do_GET": do_get, "log_message": lambda self, *args: None},
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_download_names_exptorch_and_gives_up_on_a_silent_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -106,40 +132,27 @@ def test_a_download_names_exptorch_and_gives_up_on_a_silent_server(
     default agent); a file cut short by the server is refused, not kept (VGG16's weights have
     no checksum to catch it); a server that accepts the connection but never answers fails
     the download after the timeout instead of hanging it. No partial file is left."""
-    import http.server
     import socket
-    import threading
 
     from exptorch_plugins import _download
 
-    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(proxy, raising=False)
     agents = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            agents.append(self.headers.get("User-Agent"))
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            self.wfile.write(b"x" * (10 if self.path == "/cut.bin" else 1000))
-            self.close_connection = True
+    def do_get(self: http.server.BaseHTTPRequestHandler) -> None:
+        agents.append(self.headers.get("User-Agent"))
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"x" * (10 if self.path == "/cut.bin" else 1000))
+        self.close_connection = True
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/a.bin"
+    with http_server(monkeypatch, do_get) as base:
+        url = f"{base}/a.bin"
         assert _download.download(url, tmp_path / "a.bin").read_bytes() == b"x" * 1000
-        cut = f"http://127.0.0.1:{server.server_port}/cut.bin"
+        cut = f"{base}/cut.bin"
         with pytest.raises(_download.DownloadFailed) as short:
             _download.download(cut, tmp_path / "cut.bin")
         assert str(short.value) == f"{cut} arrived incomplete (10 of 1000 bytes); try again"
-    finally:
-        server.shutdown()
-        server.server_close()
     assert agents == ["exptorch", "exptorch"]
 
     silent = socket.socket()
@@ -171,42 +184,27 @@ def test_a_connection_reset_in_the_middle_of_a_download_is_one_sentence(
     """The server sends the headers and a few bytes, then resets the connection: the error
     raised while reading the body (an OSError without a ``reason``) says what happened."""
     import errno
-    import http.server
     import os
     import socket
-    import struct
-    import threading
     import time
 
     from exptorch_plugins import _download
 
-    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(proxy, raising=False)
+    def do_get(self: http.server.BaseHTTPRequestHandler) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"x" * 10)
+        time.sleep(0.3)  # the client is reading the body by now
+        linger = struct.pack("ii", 1, 0)  # close with a reset, not an orderly end
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        self.connection.close()  # now, before the server's own orderly shutdown
+        self.close_connection = True
 
-    class Resetting(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            self.wfile.write(b"x" * 10)
-            time.sleep(0.3)  # the client is reading the body by now
-            linger = struct.pack("ii", 1, 0)  # close with a reset, not an orderly end
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-            self.connection.close()  # now, before the server's own orderly shutdown
-            self.close_connection = True
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Resetting)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/d.bin"
-    try:
+    with http_server(monkeypatch, do_get) as base:
+        url = f"{base}/d.bin"
         with pytest.raises(_download.DownloadFailed) as failed:
             _download.download(url, tmp_path / "data" / "d.bin")
-    finally:
-        server.shutdown()
-        server.server_close()
     reason = f"[Errno {errno.ECONNRESET}] {os.strerror(errno.ECONNRESET)}"
     assert str(failed.value) == f"{url} could not be downloaded: {reason}"
     assert not list((tmp_path / "data").iterdir())
