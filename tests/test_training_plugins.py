@@ -109,12 +109,16 @@ def test_schedules_at_their_edges() -> None:
         assert str(caught.value) == sentence
 
 
-class LrTrace(Callback):
+class StepTrace(Callback):
+    """Keeps each step's learning rate and training loss, as the loop hands them over."""
+
     def __init__(self) -> None:
         self.lrs: list[float] = []
+        self.losses: dict[int, float] = {}
 
     def on_step_end(self, run: Any, step: int, loss: float) -> None:
         self.lrs.append(run.lr)
+        self.losses[step] = loss
 
 
 class TracePlugin:
@@ -127,7 +131,7 @@ class TracePlugin:
 
 
 def test_warmup_ramps_up_any_schedule_in_a_real_run(tmp_path: Path) -> None:
-    trace = LrTrace()
+    trace = StepTrace()
     plugins = make_plugins(("trace", TracePlugin(trace)))
     run_expt(
         plugins, tmp_path / "runs", epochs=2, lr=0.1, schedule="step", step_milestones="2",
@@ -139,20 +143,10 @@ def test_warmup_ramps_up_any_schedule_in_a_real_run(tmp_path: Path) -> None:
     assert trace.lrs[8:] == pytest.approx([0.01] * 8)  # milestone epoch 2, gamma 0.1
 
 
-class LossTrace(Callback):
-    """Keeps each step's training loss, as the loop hands it to the callbacks."""
-
-    def __init__(self) -> None:
-        self.losses: dict[int, float] = {}
-
-    def on_step_end(self, run: Any, step: int, loss: float) -> None:
-        self.losses[step] = loss
-
-
 def test_train_loss_is_the_mean_of_each_window_of_steps(tmp_path: Path) -> None:
     """``train_loss`` is the mean of the last ``--log-every`` steps' losses; the steps left at
     the epoch's end (7 and 8 of 8 here) are the epoch record's ``train_loss``."""
-    trace = LossTrace()
+    trace = StepTrace()
     plugins = make_plugins(("trace", TracePlugin(trace)))
     run = run_expt(plugins, tmp_path / "runs", epochs=1, log_every=3, echo=lambda _: None)
     losses = trace.losses
