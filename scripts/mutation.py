@@ -163,6 +163,11 @@ def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def caught(c: Counter[str]) -> int:
+    """The mutants the score counts as killed: by a test, or by mypy before any test ran."""
+    return c["killed"] + c["mypy"]
+
+
 def print_sample_score(names: list[str]) -> None:
     codes = verdicts()
     counts = Counter(verdict(codes.get(n)) for n in names)
@@ -172,7 +177,7 @@ def print_sample_score(names: list[str]) -> None:
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     )
     if checked:
-        killed = counts["killed"] + counts["mypy"]
+        killed = caught(counts)
         low, high = wilson(killed, checked)
         print(
             f"estimated score: {100 * killed / checked:.1f}% of {checked} checked "
@@ -182,10 +187,9 @@ def print_sample_score(names: list[str]) -> None:
 
 def score_row(label: str, c: Counter[str]) -> str:
     checked = sum(c.values()) - c["not checked"]
-    killed = c["killed"] + c["mypy"]
     return (
         f"{label:36} {c['mypy']:>6} {c['killed']:>7} {c['survived']:>8} {c['no tests']:>8} "
-        f"{checked:>6} {100 * killed / checked:>5.1f}%"
+        f"{checked:>6} {100 * caught(c) / checked:>5.1f}%"
         + (f"  ({c['not checked']})" * bool(c["not checked"]))
     )
 
