@@ -430,6 +430,34 @@ def test_ctrl_c_during_start_up_prints_no_traceback(tmp_path: Path, delay: float
     assert child.returncode in (0, 130), err
 
 
+def test_ctrl_c_while_a_command_loads_exits_at_once_only_in_the_expt_program() -> None:
+    """``expt run`` reads its options and imports torch inside ``quiet_interrupts``: there a
+    KeyboardInterrupt can be swallowed by torch's import or abort it, and nothing is written."""
+    import sys
+
+    from exptorch.program import quiet_interrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    with quiet_interrupts():  # exptorch used as a library (here, by pytest): left alone
+        assert signal.getsignal(signal.SIGINT) is before
+    code = (
+        "import os, signal, time\n"
+        "from exptorch import program\n"
+        "program.quiet_start_up_interrupts()\n"
+        "program.normal_interrupts()\n"
+        "with program.quiet_interrupts():\n"
+        "    pass\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        "with program.quiet_interrupts():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(30)\n"
+    )
+    ended = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (ended.returncode, ended.stderr) == (130, "Interrupted.\n")
+
+
 # --- items 16 and 18: hints and what a run tells ---------------------------------------------
 
 
@@ -452,7 +480,9 @@ def test_the_resume_hint_names_expt_as_it_was_run(monkeypatch) -> None:
     assert expt_command() == f"{sys.executable} -m exptorch"
 
 
-def test_resume_message_says_the_batch_within_the_epoch(tmp_path: Path) -> None:
+def test_resume_message_says_the_batch_within_the_epoch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     class StopAt:
         @hookimpl
         def register_callbacks(self, register):
@@ -474,6 +504,7 @@ def test_resume_message_says_the_batch_within_the_epoch(tmp_path: Path) -> None:
         run_expt(plugins, tmp_path / "runs", echo=lambda _: None, **options)
     run = tmp_path / "runs" / "m"
     assert state(run)["stop_reason"] == "interrupted by SIGTERM"
+    assert "SIGTERM: stopping after this step and writing a checkpoint" in capsys.readouterr().err
     lines: list[str] = []
     resume_expt(plugins, run, echo=lines.append, limit_train_batches=2)
     assert "at the end of epoch 2 (all 2 of its batches are done)" in lines[1]
@@ -520,6 +551,12 @@ def test_what_a_signal_says_when_it_stops_a_run(
     signals._handle(signal.SIGINT, None)
     assert signals.received == signal.SIGINT
     assert capsys.readouterr().err == (
+        "\nSIGINT: stopping before training (send it again to stop at once)\n"
+    )
+    training = StopSignals()
+    training.training = True
+    training._handle(signal.SIGINT, None)
+    assert capsys.readouterr().err == (
         "\nSIGINT: stopping after this step and writing a checkpoint "
         "(send it again to stop at once)\n"
     )
@@ -535,6 +572,40 @@ def test_what_a_signal_says_when_it_stops_a_run(
         f"SIGTERM: stopped at epoch 2, step 12; checkpoint {checkpoint}",
     ]
     assert error.exit_code == 128 + signal.SIGTERM
+
+
+def test_a_signal_while_setting_up_stops_before_the_run_folder_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Set-up (a download, torch's imports) is not interrupted in the middle, where torch can
+    swallow a KeyboardInterrupt or abort on one; the run stops before it writes anything."""
+    from exptorch.testing import tiny_splits
+    from exptorch.train import RunInterrupted
+
+    loaded: list[str] = []
+
+    class SignalWhileLoading:
+        @hookimpl
+        def register_datasets(self, register):
+            def load(**_):
+                os.kill(os.getpid(), signal.SIGINT)
+                loaded.append("all")  # not reached if the signal raised here
+                return tiny_splits()
+
+            register("signalled", load)
+
+    before = signal.getsignal(signal.SIGINT)
+    plugins = make_plugins(("signalled", SignalWhileLoading()))
+    with pytest.raises(RunInterrupted) as stopped:
+        run_expt(plugins, tmp_path / "runs", echo=lambda _: None, name="s", dataset="signalled")
+    assert (
+        str(stopped.value) == "Interrupted by SIGINT before the run started; nothing was written."
+    )
+    assert stopped.value.exit_code == 130
+    assert loaded == ["all"]
+    assert not (tmp_path / "runs" / "s").exists()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "SIGINT: stopping before training (send it again" in capsys.readouterr().err
 
 
 def test_a_failing_logger_is_switched_off_with_one_warning(caplog) -> None:

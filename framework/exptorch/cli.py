@@ -24,7 +24,7 @@ from exptorch.cli_runs import runs_group
 from exptorch.config import RunConfig, config_fields, resolve_config
 from exptorch.errors import ExptError
 from exptorch.plugins import KINDS, Plugins, load_plugins
-from exptorch.program import normal_interrupts
+from exptorch.program import normal_interrupts, quiet_interrupts
 
 DEBUG_ENV = "EXPT_DEBUG"
 
@@ -204,21 +204,22 @@ def run_command(
     and the loggers' files. A NAME that exists is refused, never overwritten.
     Ctrl-C or SIGTERM stops after the current step with a checkpoint to --resume.
     """
-    from exptorch.train import RunInterrupted, find_resume_point, run_experiment
+    with quiet_interrupts():  # nothing is written until run_experiment records signals
+        from exptorch.train import RunInterrupted, find_resume_point, run_experiment
 
-    explicit = _given(ctx, flags)
-    flags["logger"] = list(flags.get("logger") or [])
-    plugins = _plugins(ctx)
-    point = None
-    if resume is not None:
-        point = find_resume_point(plugins, resume, trust=trust_checkpoint)
-    config = resolve_config(
-        flags,
-        explicit=explicit,
-        config_file=config_file,
-        plugin_options=[opt for _, opt in plugins.options()],
-        base=_unmasked(point.config) if point else None,
-    )
+        explicit = _given(ctx, flags)
+        flags["logger"] = list(flags.get("logger") or [])
+        plugins = _plugins(ctx)
+        point = None
+        if resume is not None:
+            point = find_resume_point(plugins, resume, trust=trust_checkpoint)
+        config = resolve_config(
+            flags,
+            explicit=explicit,
+            config_file=config_file,
+            plugin_options=[opt for _, opt in plugins.options()],
+            base=_unmasked(point.config) if point else None,
+        )
     if config.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         # Re-run this very command in N processes under torch.distributed.run; each one
         # sees LOCAL_RANK and trains its share (see exptorch.distributed).

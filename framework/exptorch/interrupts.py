@@ -29,25 +29,28 @@ class StopNow(KeyboardInterrupt):
 
 
 class StopSignals:
-    """Turns the first SIGINT/SIGTERM into a request to stop after the current step.
+    """Turns the first SIGINT/SIGTERM into a request to stop: before training starts while the
+    run is being set up, then after the current step.
 
-    A second signal interrupts at once (``KeyboardInterrupt``). Handlers are only
-    installed in the main thread and are restored on exit.
+    Only a second signal interrupts at once (``KeyboardInterrupt``): raised in the middle of
+    importing torch or of torch's C++ code, it can be swallowed or abort the process. Handlers
+    are only installed in the main thread and are restored on exit.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.training = False  # set by the loop: a stop then comes after a step, with a checkpoint
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.received is not None:
             raise StopNow(signum)
         self.received = signum
+        when = "after this step and writing a checkpoint" if self.training else "before training"
         sys.stderr.write(
-            f"\n{signal.Signals(signum).name}: stopping after this step and writing a "
-            "checkpoint (send it again to stop at once)\n"
+            f"\n{signal.Signals(signum).name}: stopping {when} (send it again to stop at once)\n"
         )
 
     def install(self) -> StopSignals:

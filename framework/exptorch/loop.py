@@ -155,6 +155,7 @@ class Trainer:
         self.signals.install()
         if self.stop_signal():  # a signal came while the run folder was being written
             raise self.interrupted(self.run.start_epoch, None)
+        self.signals.training = True
         from exptorch.config import parse_every
 
         self.every = parse_every(self.config.checkpoint_every)

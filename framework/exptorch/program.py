@@ -8,10 +8,12 @@ exptorch``, and the hint must say the same.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import sys
+from collections.abc import Iterator
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -54,13 +56,39 @@ def _exit_interrupted(signum: int, _frame: object) -> None:
     os._exit(128 + signum)  # nothing has started yet: there is nothing to clean up
 
 
+_program = False  # whether this process is the ``expt`` program
+
+
 def quiet_start_up_interrupts() -> None:
     """Until ``expt`` invokes a command, a Ctrl-C exits 130 without a traceback."""
     import signal
     import threading
 
+    global _program
     if threading.current_thread() is threading.main_thread():
+        _program = True
         signal.signal(signal.SIGINT, _exit_interrupted)
+
+
+@contextlib.contextmanager
+def quiet_interrupts() -> Iterator[None]:
+    """In the ``expt`` program, a Ctrl-C inside this block exits 130 at once, as at start-up.
+
+    For a command's work that writes nothing and may import torch: a ``KeyboardInterrupt``
+    raised inside that import can be swallowed (a later import then fails strangely) or
+    abort the process from torch's C++ code.
+    """
+    import signal
+    import threading
+
+    if not _program or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def normal_interrupts() -> None:
@@ -73,4 +101,10 @@ def normal_interrupts() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-__all__ = ["expt_command", "normal_interrupts", "python_command", "quiet_start_up_interrupts"]
+__all__ = [
+    "expt_command",
+    "normal_interrupts",
+    "python_command",
+    "quiet_interrupts",
+    "quiet_start_up_interrupts",
+]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,9 +68,13 @@ def run_experiment(
     A first SIGINT or SIGTERM stops the run after the current step, writes a
     resumable checkpoint and raises :class:`RunInterrupted`.
     """
+    signals = StopSignals().install()  # a Ctrl-C while setting up stops before training
     try:
-        trainer = setup(config, plugins, echo=echo, progress=progress, resume=resume)
+        trainer = setup(
+            config, plugins, echo=echo, progress=progress, resume=resume, signals=signals
+        )
     except BaseException:
+        signals.restore()
         if resume is not None:
             resume.release()
         raise
@@ -97,8 +102,14 @@ def setup(
     echo: Callable[[str], None] = print,
     progress: bool | None = None,
     resume: ResumePoint | None = None,
+    signals: StopSignals | None = None,
 ) -> Trainer:
-    """Everything a run needs, built in order; the run folder is written last."""
+    """Everything a run needs, built in order; the run folder is written last.
+
+    :param signals: already installed by the caller, so that a signal during set-up (importing
+        torch's compiler, a download) is only recorded; the run then stops before its folder is
+        written.
+    """
     parts = assemble.resolve_parts(config, plugins)
     config = name_the_run(config, parts, resume)
     world = current_world()
@@ -146,8 +157,15 @@ def setup(
         train_batches=train_batches, test_batches=test_batches,
         fmt=parts.checkpoint_format.factory(),
         suffixes=[f.suffix for f in formats(plugins).values()], meta={}, echo=echo,
+        signals=signals or StopSignals(),
     )  # fmt: skip
     trainer.signals.install()  # from here on, a signal is recorded in the run folder
+    if trainer.stop_signal():  # it came while setting up: nothing is written
+        signum = trainer.signals.received or signal.SIGINT  # under DDP, rank 0 may be alone
+        name = signal.Signals(signum).name
+        raise RunInterrupted(
+            f"Interrupted by {name} before the run started; nothing was written.", signum
+        )
     try:
         open_run(trainer, parts, splits, resume)
     except BaseException as exc:
