@@ -325,6 +325,115 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path: Path) -> None:
     assert pixels_of(path, 3, 1, 4)[0, 1].tolist() == [100, 100, 100]  # grey repeated
 
 
+HIGH_BIT = [  # (mode, the values stored, as 8-bit values)
+    ("I", [-5, 0, 100, 200, 255], [0, 0, 100, 200, 255]),  # all within 0-255: kept as they are
+    ("I", [0, 65407, 100000], [0, 255, 255]),  # 0-65535 scaled (65407/257 = 254.502), over: 255
+    ("I;16", [0, 128, 256], [0, 0, 1]),  # 256 is over 255, so all are scaled
+    ("I;16B", [0, 25700, 65535], [0, 100, 255]),  # big-endian 16-bit
+    ("F", [-1.0, 0.4, 100.6, 255.0], [0, 0, 101, 255]),
+    ("F", [0.0, 257.0, 70000.0], [0, 1, 255]),
+]
+STORED_AS = {"I": "<i4", "I;16": "<u2", "I;16B": ">u2", "F": "<f4"}
+
+
+@pytest.mark.parametrize(("mode", "stored", "expected"), HIGH_BIT)
+def test_16_and_32_bit_greyscale_of_every_mode_is_scaled_to_8_bits(
+    tmp_path: Path, mode: str, stored: list[float], expected: list[int]
+) -> None:
+    """Values within 0-255 are kept; otherwise 0-65535 is scaled to 0-255; the rest is clipped."""
+    data = np.array(stored, STORED_AS[mode]).tobytes()
+    path = tmp_path / "grey.tif"
+    Image.frombytes(mode, (len(stored), 1), data).save(path)
+    assert Image.open(path).mode == mode
+    assert pixels_of(path, 1, 1, len(stored))[0, :, 0].tolist() == expected
+
+
+def test_a_transparent_colour_of_a_grey_or_rgb_png_is_composited_on_white(tmp_path: Path) -> None:
+    rgb = Image.fromarray(np.array([[RED, BLUE]], np.uint8))
+    rgb.save(tmp_path / "rgb.png", transparency=tuple(BLUE))
+    assert pixels_of(tmp_path / "rgb.png", 3, 1, 2)[0].tolist() == [RED, WHITE]
+    grey = Image.fromarray(np.array([[0, 100]], np.uint8))
+    grey.save(tmp_path / "grey.png", transparency=0)
+    assert pixels_of(tmp_path / "grey.png", 1, 1, 2)[0, :, 0].tolist() == [255, 100]
+
+
+def test_palette_with_alpha_and_premultiplied_grey_tiffs_are_composited_on_white(
+    tmp_path: Path,
+) -> None:
+    pa = Image.new("PA", (2, 1))
+    pa.putpalette([*RED, *BLUE] + [0] * (256 * 3 - 6))
+    pa.putdata([(0, 255), (1, 0)])  # opaque red, transparent blue
+    pa.save(tmp_path / "pa.tif")
+    assert Image.open(tmp_path / "pa.tif").mode == "PA"
+    assert pixels_of(tmp_path / "pa.tif", 3, 1, 2)[0].tolist() == [RED, WHITE]
+    # Grey with associated (premultiplied) alpha: Pillow writes LA with unassociated alpha
+    # (ExtraSamples 2), so the tag is set to 1 in the file; Pillow reads that as mode "La".
+    la = Image.fromarray(np.array([[[100, 128], [0, 0]]], np.uint8), "LA")
+    la.save(tmp_path / "la.tif")
+    tag = b"\x52\x01\x03\x00\x01\x00\x00\x00"  # ExtraSamples, SHORT, one value
+    data = (tmp_path / "la.tif").read_bytes()
+    assert data.count(tag + b"\x02\x00") == 1
+    (tmp_path / "la.tif").write_bytes(data.replace(tag + b"\x02\x00", tag + b"\x01\x00"))
+    assert Image.open(tmp_path / "la.tif").mode == "La"
+    grey = pixels_of(tmp_path / "la.tif", 1, 1, 2)[0, :, 0].astype(int)
+    assert np.abs(grey - [227, 255]).max() <= 1  # 100 + 255 * (1 - 128/255); clear is white
+
+
+def test_images_are_stretched_with_the_bilinear_filter(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[0, 255]], np.uint8)).save(tmp_path / "two.png")
+    # output pixel x samples the input at (x + 0.5) / 2 - 0.5: -0.25 (the edge), 0.25, 0.75, 1.25
+    assert pixels_of(tmp_path / "two.png", 1, 1, 4)[0, :, 0].tolist() == [0, 64, 191, 255]
+    assert pixels_of(tmp_path / "two.png", 1, 3, 2)[:, :, 0].tolist() == [[0, 255]] * 3
+
+
+def test_what_load_image_says_for_each_kind_of_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import ImageOps
+
+    from exptorch.images import is_greyscale
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(good)
+    with pytest.raises(ExptError) as two:
+        load_image(good, channels=2, height=2, width=2)
+    assert str(two.value) == "Images can be read with 1 or 3 channels, not 2."
+    with pytest.raises(ExptError) as folder:
+        load_image(tmp_path, channels=1, height=2, width=2)
+    assert str(folder.value) == f"{tmp_path} is a folder, not an image file."
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert (is_greyscale(good), is_greyscale(tmp_path / "bad.png")) == (True, False)
+
+    def hostile(img: Any) -> Any:  # a decoder failing in a way Pillow does not wrap
+        raise IndexError("index 7 is out of bounds")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", hostile)
+    with pytest.raises(ExptError) as odd:
+        load_image(good, channels=1, height=2, width=2)
+    assert str(odd.value) == f"{good} could not be decoded (IndexError: index 7 is out of bounds)."
+
+
+def test_a_warning_while_decoding_does_not_refuse_the_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only Pillow's decompression-bomb warning refuses an image; others (corrupt EXIF data,
+    odd metadata) are Pillow telling what it worked around."""
+    import warnings
+
+    from PIL import ImageOps
+
+    upright = ImageOps.exif_transpose
+
+    def warns(img: Any) -> Any:
+        warnings.warn("Corrupt EXIF data", UserWarning, stacklevel=1)
+        return upright(img)
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", warns)
+    Image.fromarray(np.full((2, 2), 9, np.uint8)).save(tmp_path / "odd.png")
+    with pytest.warns(UserWarning, match="Corrupt EXIF"):
+        assert pixels_of(tmp_path / "odd.png", 1, 2, 2).tolist() == [[[9], [9]], [[9], [9]]]
+
+
 # --- --resume takes the flags given with it ----------------------------------------------------
 
 

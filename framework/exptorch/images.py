@@ -4,8 +4,8 @@ One function, :func:`load_image`, used by the ``folder`` dataset when it decodes
 its images and by ``expt predict`` for new ones, so both see a file the same way:
 
 * EXIF orientation is applied (phone photos come out upright);
-* transparency (RGBA, LA, palette images with a transparent colour) is composited
-  over a white background;
+* transparency (RGBA, LA, PA, and palette, grey or RGB images with a transparent
+  colour) is composited over a white background;
 * 16-bit and 32-bit greyscale is scaled to 0-255; CMYK is converted to RGB;
 * the result has the channels the model expects: ``L`` (1 channel, ITU-R 601-2
   luma) or ``RGB`` (3 channels, grey repeated);
@@ -50,13 +50,15 @@ def _flatten(img: Any, mode: str) -> Any:
     import numpy as np
     from PIL import Image
 
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if img.mode == "F" or img.mode.split(";")[0] == "I":  # 32-bit, or 16-bit of any byte order
         values = np.asarray(img, dtype=np.float64)
         top = 255.0 if values.max(initial=0) <= 255 else 65535.0
         img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8))
-    if img.mode == "P" and "transparency" in img.info:
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:  # a transparent colour
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+    if img.mode == "La":  # premultiplied (a TIFF's associated alpha): Pillow only makes it LA
+        img = img.convert("LA")
+    if img.mode in ("RGBA", "LA", "RGBa", "PA"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
