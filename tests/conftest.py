@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +102,25 @@ def expt(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         return result
 
     return run
+
+
+@contextlib.contextmanager
+def http_server(
+    monkeypatch: pytest.MonkeyPatch, do_get: Callable[[http.server.BaseHTTPRequestHandler], None]
+) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 whose GET handler is ``do_get``; yields its base URL.
+    Proxy variables are cleared so that urllib connects to it directly."""
+    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    handler = type(
+        "Handler",
+        (http.server.BaseHTTPRequestHandler,),
+        {"do_GET": do_get, "log_message": lambda self, *args: None},
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import http.server
 import logging
@@ -10,14 +9,13 @@ import pickle
 import shutil
 import struct
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import write_cifar10
+from conftest import http_server, write_cifar10
 from exptorch import ExptError
 from exptorch_plugins import fashion_mnist
 
@@ -103,34 +101,12 @@ def test_a_failed_download_says_why(tmp_path: Path) -> None:
     assert not list((tmp_path / "data").iterdir())
 
 
-@contextlib.contextmanager
-def http_server(
-    monkeypatch: pytest.MonkeyPatch, do_get: Callable[[http.server.BaseHTTPRequestHandler], None]
-) -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 whose GET handler is ``do_get``; yields its base URL.
-    Proxy variables are cleared so that urllib connects to it directly."""
-    for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(proxy, raising=False)
-    handler = type(
-        "Handler",
-        (http.server.BaseHTTPRequestHandler,),
-        {"do_GET": do_get, "log_message": lambda self, *args: None},
-    )
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_a_download_names_exptorch_and_gives_up_on_a_silent_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Over real HTTP on 127.0.0.1: the request says who asks (some servers refuse Python's
-    default agent); a file cut short by the server is refused, not kept (VGG16's weights have
-    no checksum to catch it); a server that accepts the connection but never answers fails
+    default agent); a file cut short by the server is refused, not kept (before, only a
+    checksum caught it, later); a server that accepts the connection but never answers fails
     the download after the timeout instead of hanging it. No partial file is left."""
     import socket
 

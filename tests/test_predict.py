@@ -158,11 +158,21 @@ def test_a_run_folder_and_an_empty_folder(plugins, run: Path, tmp_path: Path) ->
     assert latest_checkpoint(run, plugins).name == "epoch-012.safetensors"
     result = predict_files(plugins, run, [tmp_path / "images" / "blue.bmp", tmp_path / "empty"])
     assert [p.top[0][0] for p in result.predictions] == ["blue"]
+    assert len(result.predictions[0].top) == 1  # the most probable class only, unless asked
     assert result.failures == [
         (str(tmp_path / "empty"), f"{tmp_path / 'empty'} holds no image files.")
     ]
     with pytest.raises(ExptError, match="--top must be at least 1"):
         predict_files(plugins, run, [tmp_path / "images"], top=0)
+
+
+def test_the_printed_lines_give_each_class_as_a_percentage_to_one_decimal() -> None:
+    from exptorch.predict import Prediction, Predictions
+
+    result = Predictions(
+        "run", [Prediction("a.png", [("cat", 0.875), ("dog", 0.1), ("owl", 0.025)])]
+    )
+    assert result.format() == "a.png: cat (87.5%)\n    dog (10.0%)\n    owl (2.5%)"
 
 
 def tampered_copy(checkpoint: Path, folder: Path, change) -> Path:

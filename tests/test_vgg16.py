@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import http_server
 from exptorch import DatasetInfo, ExptError
 from exptorch_plugins import vgg16
 
@@ -122,3 +123,139 @@ def test_imagenet_weights_come_from_torchvisions_cache(tmp_path: Path, monkeypat
     weights = vgg16.read_weights("imagenet")
     assert list(weights) == ["features.0.bias"]
     assert torch.equal(weights["features.0.bias"], torch.arange(64.0))
+
+
+class Payload:
+    """Unpickling this runs ``touch`` on a file: what a hostile weights file could run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_weights_file_with_a_pickled_payload_is_refused_unrun(tmp_path: Path) -> None:
+    ran = tmp_path / "payload-ran"
+    torch.save({"features.0.bias": torch.zeros(64), "x": Payload(ran)}, tmp_path / "evil.pth")
+    with pytest.raises(ExptError) as info:
+        vgg16.read_weights(str(tmp_path / "evil.pth"))
+    assert str(info.value).startswith(
+        f"{tmp_path / 'evil.pth'} is not a readable weights file (UnpicklingError: "
+    )
+    assert not ran.exists()
+
+
+def test_a_loader_error_without_a_message_says_no_detail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(*_args, **_kwargs):
+        raise EOFError
+
+    (tmp_path / "empty.pth").write_bytes(b"")
+    monkeypatch.setattr(torch, "load", fails)
+    with pytest.raises(ExptError) as info:
+        vgg16.read_weights(str(tmp_path / "empty.pth"))
+    assert str(info.value) == (
+        f"{tmp_path / 'empty.pth'} is not a readable weights file (EOFError: no detail)."
+    )
+
+
+@pytest.mark.parametrize("wrapper", ["model_state", "state_dict", None])
+def test_weights_are_found_inside_a_checkpoint_and_lose_ddp_and_compile_prefixes(
+    tmp_path: Path, wrapper: str | None
+) -> None:
+    """A training checkpoint (``model_state``, Lightning's ``state_dict``) or a bare state
+    dict; keys saved from a DDP (``module.``) or ``torch.compile`` (``_orig_mod.``) model."""
+    state = {
+        "module._orig_mod.features.0.bias": torch.arange(64.0),
+        "_orig_mod.classifier.0.bias": torch.ones(4096),
+    }
+    torch.save({wrapper: state, "epoch": 3} if wrapper else state, tmp_path / "ckpt.pth")
+    weights = vgg16.read_weights(str(tmp_path / "ckpt.pth"))
+    assert sorted(weights) == ["classifier.0.bias", "features.0.bias"]
+    assert torch.equal(weights["features.0.bias"], torch.arange(64.0))
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(ExptError) as info:
+        vgg16.read_weights(str(tmp_path / "list.pth"))
+    assert str(info.value) == f"{tmp_path / 'list.pth'} does not hold a state dict of weights."
+
+
+def test_a_weights_file_missing_parameters_names_the_counts_and_the_first(tmp_path: Path) -> None:
+    state = tv_state()
+    del state["features.0.weight"]
+    torch.save(state, tmp_path / "missing.pth")
+    with pytest.raises(ExptError) as missing:
+        vgg16.build(CIFAR, vgg16_pretrained=str(tmp_path / "missing.pth"))
+    assert str(missing.value) == (
+        f"{tmp_path / 'missing.pth'} does not hold torchvision VGG16 weights (1 missing and 0 "
+        "unexpected parameters, e.g. features.0.weight)."
+    )
+    state = tv_state()
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "extra.pth")
+    with pytest.raises(ExptError, match=r"\(0 missing and 1 unexpected parameters, e.g. extra"):
+        vgg16.build(CIFAR, vgg16_pretrained=str(tmp_path / "extra.pth"))
+
+
+def tv_state() -> dict[str, torch.Tensor]:
+    from torchvision.models import vgg16 as tv_vgg16
+
+    return tv_vgg16().state_dict()
+
+
+def test_a_downloaded_weights_file_is_checked_against_the_checksum_in_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchvision names its files after the first 8 hex digits of their sha256; a download
+    that does not match is removed, one that matches is read."""
+    import hashlib
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"features.0.bias": torch.arange(64.0)}, buffer)
+    good = buffer.getvalue()
+    prefix = hashlib.sha256(good).hexdigest()[:8]
+
+    def do_get(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(good)))
+        handler.end_headers()
+        handler.wfile.write(good)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with http_server(monkeypatch, do_get) as base:
+        monkeypatch.setattr(vgg16, "IMAGENET_URL", f"{base}/vgg16-00000000.pth")
+        with pytest.raises(ExptError) as damaged:
+            vgg16.read_weights("imagenet")
+        assert (
+            str(damaged.value)
+            == f"{base}/vgg16-00000000.pth arrived damaged (wrong checksum); try again."
+        )
+        assert not (tmp_path / "hub" / "checkpoints" / "vgg16-00000000.pth").exists()
+        monkeypatch.setattr(vgg16, "IMAGENET_URL", f"{base}/vgg16-{prefix}.pth")
+        weights = vgg16.read_weights("imagenet")
+    assert torch.equal(weights["features.0.bias"], torch.arange(64.0))
+    assert (tmp_path / "hub" / "checkpoints" / f"vgg16-{prefix}.pth").read_bytes() == good
+
+
+def test_a_wrong_head_and_a_frozen_backbone_without_weights_say_so(caplog) -> None:
+    with pytest.raises(ExptError) as info:
+        vgg16.build(CIFAR, vgg16_head="swap")
+    assert str(info.value) == "--vgg16-head must be replace or append, not 'swap'."
+    with caplog.at_level("WARNING", logger="exptorch.vgg16"):
+        vgg16.build(CIFAR, vgg16_freeze_backbone=True)
+    assert caplog.messages == [
+        "--vgg16-freeze-backbone without --vgg16-pretrained trains only the head"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("size", "pools"), [(1, 0), (2, 1), (3, 1), (4, 2), (16, 4), (32, 5), (224, 5)]
+)
+def test_as_many_max_pools_are_kept_as_halvings_fit_the_smaller_side(size: int, pools: int) -> None:
+    info = DatasetInfo(3, size, 64, ("a", "b"), (0.5,) * 3, (0.25,) * 3)
+    model = vgg16.build(info)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.features) == pools
+    assert model.features[0].in_channels == 3
+    assert model(torch.zeros(1, 3, size, 64)).shape == (1, 2)

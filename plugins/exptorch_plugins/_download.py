@@ -44,7 +44,9 @@ def download(url: str, dest: Path, md5: str | None = None) -> Path:
     tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
     request = urllib.request.Request(url, headers={"User-Agent": "exptorch"})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+        # A new opener reads the proxy variables now; urlopen's is built once per process.
+        opener = urllib.request.build_opener()
+        with opener.open(request, timeout=TIMEOUT_SECONDS) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with (
                 open(tmp, "wb") as out,
