@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 from image_folders import colour_run, make_class_folders
 
-from exptorch import ExptError
+from conftest import write_cifar10
+from exptorch import ExptError, hookimpl
+from exptorch.checkpoint import (
+    build_model,
+    latest_checkpoint,
+    load_checkpoint,
+    load_trained,
+    save_checkpoint,
+)
 from exptorch.evaluate import evaluate_checkpoint, format_report
 from exptorch.rundir import read_metrics
+from exptorch.testing import make_plugins, run_expt, tiny_splits
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +113,158 @@ def test_text_report_columns_line_up_under_their_headings() -> None:
     ]  # fmt: skip
     # each predicted class's number sits over its column
     assert all(ends(row)[2:] == ends(header) for row in rows)
+
+
+# --- the numbers, by hand -------------------------------------------------------------------
+
+
+class OneImage:
+    """Datasets made from the tiny dataset's test split: one image, renamed classes, or
+    half-size images."""
+
+    def __init__(self, index: int = 0) -> None:
+        self.index = index
+
+    @hookimpl
+    def register_datasets(self, register) -> None:
+        def one(**_):
+            splits = tiny_splits()
+            i = self.index
+            return dataclasses.replace(
+                splits, test_images=splits.test_images[i : i + 1],
+                test_labels=splits.test_labels[i : i + 1],
+            )  # fmt: skip
+
+        def renamed(**_):
+            splits = tiny_splits()
+            return dataclasses.replace(splits, classes=[f"k{i}" for i in range(10)])
+
+        def small(**_):
+            splits = tiny_splits()
+            return dataclasses.replace(
+                splits, train_images=splits.train_images[:, :, :14, :14],
+                test_images=splits.test_images[:, :, :14, :14],
+            )  # fmt: skip
+
+        register("one-image", one)
+        register("renamed", renamed)
+        register("small", small)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One epoch on the tiny Fashion-MNIST slice: a model that is right on some images only."""
+    runs = tmp_path_factory.mktemp("tiny") / "runs"
+    return run_expt(make_plugins(), runs, echo=lambda _: None, name="tiny")
+
+
+def by_hand(run: Path, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[int]]:
+    """The mean cross-entropy and the predicted classes, computed directly."""
+    trained = load_trained(make_plugins(), run, device="cpu")
+    mean = torch.tensor(trained.info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(trained.info.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        logits = trained.model.eval()((images.float() / 255 - mean) / std)
+    return F.cross_entropy(logits, labels).item(), logits.argmax(1).tolist()
+
+
+def test_eval_numbers_equal_a_hand_computed_pass_over_uneven_batches(tiny_run: Path) -> None:
+    report = evaluate_checkpoint(make_plugins(), tiny_run, device="cpu", batch_size=50)
+    splits = tiny_splits()
+    loss, predicted = by_hand(tiny_run, splits.test_images, splits.test_labels)
+    confusion = [[0] * 10 for _ in range(10)]
+    for true, guess in zip(splits.test_labels.tolist(), predicted, strict=True):
+        confusion[true][guess] += 1
+    assert report["checkpoint"] == str(tiny_run)
+    assert (report["dataset"], report["images"]) == ("tiny-fashion-mnist", 128)
+    assert report["test_loss"] == pytest.approx(loss, rel=1e-5)
+    assert report["confusion_matrix"] == confusion
+    correct = sum(confusion[i][i] for i in range(10))
+    assert 0 < correct < 128  # a model that is neither always right nor always wrong
+    assert report["test_accuracy"] == correct / 128
+
+
+def test_eval_on_one_image_leaves_classes_without_images_unscored(tiny_run: Path) -> None:
+    splits = tiny_splits()
+    labels = splits.test_labels.tolist()
+    _, predicted = by_hand(tiny_run, splits.test_images, splits.test_labels)
+    right = next(i for i, (t, p) in enumerate(zip(labels, predicted, strict=True)) if t == p)
+    one = slice(right, right + 1)
+    loss, _ = by_hand(tiny_run, splits.test_images[one], splits.test_labels[one])
+    plugins = make_plugins(("one", OneImage(right)))
+    report = evaluate_checkpoint(plugins, tiny_run, dataset="one-image", device="cpu")
+    assert (report["images"], report["test_accuracy"]) == (1, 1.0)
+    assert report["test_loss"] == pytest.approx(loss, rel=1e-5)
+    scored = [row for row in report["per_class"] if row["accuracy"] is not None]
+    name = splits.classes[labels[right]]
+    assert scored == [{"class": name, "images": 1, "correct": 1, "accuracy": 1.0}]
+
+
+def test_eval_refuses_other_class_names_and_image_sizes_in_one_sentence(tiny_run: Path) -> None:
+    plugins = make_plugins(("other", OneImage()))
+    with pytest.raises(ExptError) as renamed:
+        evaluate_checkpoint(plugins, tiny_run, dataset="renamed", device="cpu")
+    trained_on = ", ".join(tiny_splits().classes)
+    assert str(renamed.value) == (
+        f"Dataset 'renamed' has classes {', '.join(f'k{i}' for i in range(10))}, but the model "
+        f"was trained on {trained_on}."
+    )
+    with pytest.raises(ExptError) as small:
+        evaluate_checkpoint(plugins, tiny_run, dataset="small", device="cpu")
+    assert str(small.value) == (
+        "Dataset 'small' has 1x14x14 images (channels x height x width), but the model takes "
+        "1x28x28."
+    )
+
+
+def test_eval_reads_the_data_where_the_run_did_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CIFAR-10 run with --data-dir: eval finds the data there without being told, and
+    reads another copy when given --data-dir."""
+    first = tmp_path / "first"
+    write_cifar10(first)
+    plugins = make_plugins()
+    run = run_expt(plugins, tmp_path / "runs", echo=lambda _: None, dataset="cifar10",
+                   data_dir=str(first), batch_size=20, name="c")  # fmt: skip
+    monkeypatch.setenv("EXPT_DATA_DIR", str(tmp_path / "nothing-here"))
+    assert evaluate_checkpoint(plugins, run, device="cpu")["images"] == 40
+    second = tmp_path / "second"
+    write_cifar10(second, test=30)
+    assert evaluate_checkpoint(plugins, run, data_dir=second, device="cpu")["images"] == 30
+
+
+def test_eval_loads_a_full_checkpoint_only_when_trusted(tiny_run: Path, tmp_path: Path) -> None:
+    plugins = make_plugins()
+    ckpt = load_checkpoint(plugins, latest_checkpoint(tiny_run, plugins))
+    ckpt.module = build_model(plugins, ckpt)
+    full = plugins.get("checkpoint format", "full").factory()
+    path = save_checkpoint(full, ckpt, tmp_path / "model.full.pt")
+    with pytest.raises(ExptError, match="--trust-checkpoint"):
+        evaluate_checkpoint(plugins, path, device="cpu")
+    assert evaluate_checkpoint(plugins, path, device="cpu", trust=True)["images"] == 128
+
+
+def test_text_report_in_full() -> None:
+    report = {
+        "checkpoint": "runs/a", "epoch": 2, "dataset": "toy", "images": 1234,
+        "test_loss": 0.5, "test_accuracy": 0.75, "classes": ["cat", "dog"],
+        "per_class": [
+            {"class": "cat", "images": 1234, "correct": 925, "accuracy": 925 / 1234},
+            {"class": "dog", "images": 0, "correct": 0, "accuracy": None},
+        ],
+        "confusion_matrix": [[925, 309], [0, 0]],
+    }  # fmt: skip
+    assert format_report(report) == (
+        "runs/a (epoch 2) on toy: 1,234 test images\n"
+        "test_loss 0.5000  test_accuracy 75.00%\n"
+        "\n"
+        "class   images  correct  accuracy\n"
+        "cat      1,234      925    74.96%\n"
+        "dog          0        0         -\n"
+        "\n"
+        "confusion matrix (rows: true class, columns: predicted class, by number)\n"
+        "              0     1\n"
+        " 0 cat      925   309\n"
+        " 1 dog        0     0"
+    )
