@@ -6,6 +6,7 @@
     python scripts/mutation.py --sample 300          # 300 mutants drawn from the whole tree
     python scripts/mutation.py --sample 300 --score  # that sample's score, from saved verdicts
     python scripts/mutation.py --sample 300 --again  # check the killed ones again too
+    python scripts/mutation.py --again exptorch.config  # all of its mutants, killed ones too
     python scripts/mutation.py --recollect exptorch.config   # after editing tests: see below
     python scripts/mutation.py --survivors exptorch.config   # what survived, as diffs
 
@@ -20,9 +21,11 @@ mutant under test through ``MUTANT_UNDER_TEST``).
 
 mutmut collects once which tests call which function (``.mutation/mutants/mutmut-stats.json``),
 runs only those tests against each mutant and keeps every verdict in ``.mutation/mutants/``; a
-later run re-tests only the functions whose code changed. mutmut collects the calls of new tests,
-but not again those of a test that was edited: ``--recollect`` collects them all again (after
-editing tests, before trusting a "survived"). Delete ``.mutation/`` to start again.
+later run checks only the mutants without a verdict (new, or in a function whose code changed)
+and those that survived (new tests may kill them), unless ``--again``. mutmut collects the
+calls of new tests, but not again those of a test that was edited: ``--recollect`` collects
+them all again (after editing tests, before trusting a "survived"). Delete ``.mutation/`` to
+start again.
 The ``expt`` processes the tests start report the functions they call too (see
 ``scripts/mutation_site/``), so a function only such a process runs is tested through them.
 Before any test runs, mypy checks the mutated tree (``type_check_command`` in pyproject.toml):
@@ -32,6 +35,7 @@ a mutant it rejects counts as killed, in a column of its own.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
 import os
@@ -263,7 +267,8 @@ def main() -> int:
     parser.add_argument(
         "--again",
         action="store_true",
-        help="with --sample: check the killed mutants again too (to audit their kills)",
+        help="check the killed mutants again too (to audit their kills); without it, only "
+        "mutants with no verdict or that survived are checked",
     )
     parser.add_argument(
         "--recollect",
@@ -299,11 +304,27 @@ def main() -> int:
         return run_sample(args.sample, args.seed, mutmut, args.max_children, env, args.again)
     if not args.score:
         write_config(args.tests)
-        code = run_mutmut(mutmut, globs, args.max_children, env)
-        if code:
-            return code
+        names = globs
+        if globs and not args.again:
+            names = unsettled(globs, mutmut, args.max_children, env)
+        if names:
+            code = run_mutmut(mutmut, names, args.max_children, env)
+            if code:
+                return code
     print_scores(scores(globs))
     return 0
+
+
+def unsettled(globs: list[str], mutmut: str, max_children: int, env: dict[str, str]) -> list[str]:
+    """The mutants of these modules without a verdict, or that survived (new tests may kill
+    them). mutmut re-runs every mutant a name matches, so the killed ones are left out by
+    name; it first generates the mutants of changed functions (their verdicts start over)."""
+    run_mutmut(mutmut, ["exptorch.no_mutant_has_this_name"], max_children, env)
+    return [
+        name
+        for name, code in verdicts().items()
+        if any(fnmatch.fnmatch(name, g) for g in globs) and verdict(code) not in ("killed", "mypy")
+    ]
 
 
 def show_survivors(mutmut: str, globs: list[str], env: dict[str, str]) -> int:

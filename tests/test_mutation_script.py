@@ -99,6 +99,26 @@ def test_the_sample_score_counts_only_the_sampled_mutants(
     assert "estimated score: 50.0% of 2 checked" in out
 
 
+def test_a_module_run_checks_only_mutants_without_a_verdict_or_that_survived(
+    mutation: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mutmut re-runs every mutant a name matches: the killed ones are left out by name, after
+    a first mutmut run has generated the mutants of changed functions."""
+    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": 37,
+               "exptorch.a.x_f__mutmut_2": 1, "exptorch.a.x_f__mutmut_3": 0,
+               "exptorch.a.x_f__mutmut_4": None, "exptorch.a.x_f__mutmut_5": 33})  # fmt: skip
+    write_meta(mutation.WORKSPACE, "exptorch.b", {"exptorch.b.x_g__mutmut_1": 0})
+    runs: list[list[str]] = []
+    monkeypatch.setattr(mutation, "run_mutmut", lambda _m, names, _c, _e: runs.append(names))
+    todo = mutation.unsettled(["exptorch.a.*"], "mutmut", 2, {})
+    assert todo == [
+        "exptorch.a.x_f__mutmut_3",
+        "exptorch.a.x_f__mutmut_4",
+        "exptorch.a.x_f__mutmut_5",
+    ]
+    assert runs == [["exptorch.no_mutant_has_this_name"]]
+
+
 SITE = SCRIPT.parent / "mutation_site"
 
 
