@@ -119,8 +119,8 @@ def test_text_report_columns_line_up_under_their_headings() -> None:
 
 
 class OneImage:
-    """Datasets made from the tiny dataset's test split: one image, renamed classes, or
-    half-size images."""
+    """Datasets made from the tiny dataset: one test image, renamed classes, half-size images,
+    or test labels out of range."""
 
     def __init__(self, index: int = 0) -> None:
         self.index = index
@@ -146,7 +146,12 @@ class OneImage:
                 test_images=splits.test_images[:, :, :14, :14],
             )  # fmt: skip
 
+        def bad_labels(**_):
+            splits = tiny_splits()
+            return dataclasses.replace(splits, test_labels=splits.test_labels + 10)
+
         register("one-image", one)
+        register("bad-labels", bad_labels)
         register("renamed", renamed)
         register("small", small)
 
@@ -268,3 +273,37 @@ def test_text_report_in_full() -> None:
         " 0 cat      925   309\n"
         " 1 dog        0     0"
     )
+
+
+def test_eval_takes_the_dataset_from_the_checkpoint_or_asks_for_it(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """The model's record (``meta``) names the dataset, and so does the run's configuration;
+    either is enough (checkpoints written by other tools may hold one), and without both the
+    user is asked for --dataset."""
+    plugins = make_plugins()
+    saved = torch.load(latest_checkpoint(tiny_run, plugins), weights_only=True)
+
+    def without(*places: str) -> Path:
+        data = {**saved, "meta": dict(saved["meta"]), "config": dict(saved["config"])}
+        for place in places:
+            del data[place]["dataset"]
+        path = tmp_path / f"without-{'-'.join(places)}.pt"
+        torch.save(data, path)
+        return path
+
+    for places in (("meta",), ("config",)):
+        report = evaluate_checkpoint(plugins, without(*places), device="cpu")
+        assert (report["dataset"], report["images"]) == ("tiny-fashion-mnist", 128)
+    path = without("meta", "config")
+    with pytest.raises(ExptError) as info:
+        evaluate_checkpoint(plugins, path, device="cpu")
+    assert str(info.value) == (
+        f"{path} does not say which dataset it was trained on; pass --dataset."
+    )
+
+
+def test_eval_on_data_exptorch_cannot_use_names_the_dataset(tiny_run: Path) -> None:
+    plugins = make_plugins(("other", OneImage()))
+    with pytest.raises(ExptError, match=r"^Dataset 'bad-labels' cannot be used: "):
+        evaluate_checkpoint(plugins, tiny_run, dataset="bad-labels", device="cpu")
