@@ -225,8 +225,8 @@ def test_eval_refuses_other_class_names_and_image_sizes_in_one_sentence(tiny_run
 def test_eval_reads_the_data_where_the_run_did_unless_told(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A CIFAR-10 run with --data-dir: eval finds the data there without being told, and
-    reads another copy when given --data-dir."""
+    """A CIFAR-10 run with --data-dir: eval finds the data there without being told, reads
+    another copy when given --data-dir, and (as a library call) does not download."""
     first = tmp_path / "first"
     write_cifar10(first)
     plugins = make_plugins()
@@ -237,6 +237,13 @@ def test_eval_reads_the_data_where_the_run_did_unless_told(
     second = tmp_path / "second"
     write_cifar10(second, test=30)
     assert evaluate_checkpoint(plugins, run, data_dir=second, device="cpu")["images"] == 30
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # a download would fail at once
+    with pytest.raises(ExptError) as missing:  # called as a library, eval downloads nothing
+        evaluate_checkpoint(plugins, run, data_dir=tmp_path / "empty", device="cpu")
+    assert str(missing.value) == (
+        f"CIFAR-10 is not in {tmp_path / 'empty'} (no cifar-10-batches-py folder) and "
+        "--no-download was given."
+    )
 
 
 def test_eval_loads_a_full_checkpoint_only_when_trusted(tiny_run: Path, tmp_path: Path) -> None:

@@ -106,7 +106,8 @@ def test_imagenet_weights_without_cache_or_network_is_one_sentence(
     message = str(info.value)
     assert message.startswith("VGG16's ImageNet weights are not in torchvision's cache")
     assert str(tmp_path / "torch-home" / "hub" / "checkpoints" / "vgg16-397923af.pth") in message
-    assert "--vgg16-pretrained PATH" in message and "\n" not in message
+    assert message.endswith("or pass a local weights file with --vgg16-pretrained PATH.")
+    assert "\n" not in message
     assert not (tmp_path / "torch-home" / "hub" / "checkpoints").exists() or not list(
         (tmp_path / "torch-home" / "hub" / "checkpoints").iterdir()
     )  # no partial download left behind
@@ -259,3 +260,26 @@ def test_as_many_max_pools_are_kept_as_halvings_fit_the_smaller_side(size: int, 
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.features) == pools
     assert model.features[0].in_channels == 3
     assert model(torch.zeros(1, 3, size, 64)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("channels", [2, 3])
+def test_pretrained_weights_see_any_channel_count_as_the_rgb_network_sees_grey(
+    tmp_path: Path, channels: int
+) -> None:
+    """RGB keeps the first convolution as it is; N channels get the RGB kernels' sum divided
+    among them, so N copies of a grey image give what RGB gives on three."""
+    from torchvision.models import vgg16 as tv_vgg16
+
+    torch.manual_seed(2)
+    reference = tv_vgg16()
+    torch.save(reference.state_dict(), tmp_path / "weights.pth")
+    info = DatasetInfo(channels, 32, 32, ("a", "b"), (0.5,) * channels, (0.25,) * channels)
+    model = vgg16.build(info, vgg16_pretrained=str(tmp_path / "weights.pth"))
+    grey = torch.rand(1, 1, 32, 32)
+    torch.testing.assert_close(
+        model.features[0](grey.repeat(1, channels, 1, 1)),
+        reference.features[0](grey.repeat(1, 3, 1, 1)),
+        rtol=1e-4, atol=1e-5,
+    )  # fmt: skip
+    if channels == 3:
+        assert torch.equal(model.features[0].weight, reference.features[0].weight)
