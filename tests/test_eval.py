@@ -119,7 +119,7 @@ def test_text_report_columns_line_up_under_their_headings() -> None:
 
 
 class OneImage:
-    """Datasets made from the tiny dataset: one test image, renamed classes, half-size images,
+    """Datasets made from the tiny dataset: one test image, renamed classes, smaller images,
     or test labels out of range."""
 
     def __init__(self, index: int = 0) -> None:
@@ -142,8 +142,8 @@ class OneImage:
         def small(**_):
             splits = tiny_splits()
             return dataclasses.replace(
-                splits, train_images=splits.train_images[:, :, :14, :14],
-                test_images=splits.test_images[:, :, :14, :14],
+                splits, train_images=splits.train_images[:, :, :14, :12],
+                test_images=splits.test_images[:, :, :14, :12],
             )  # fmt: skip
 
         def bad_labels(**_):
@@ -217,7 +217,7 @@ def test_eval_refuses_other_class_names_and_image_sizes_in_one_sentence(tiny_run
     with pytest.raises(ExptError) as small:
         evaluate_checkpoint(plugins, tiny_run, dataset="small", device="cpu")
     assert str(small.value) == (
-        "Dataset 'small' has 1x14x14 images (channels x height x width), but the model takes "
+        "Dataset 'small' has 1x14x12 images (channels x height x width), but the model takes "
         "1x28x28."
     )
 
