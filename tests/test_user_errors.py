@@ -147,3 +147,41 @@ def test_an_exception_without_a_message_is_named_by_its_type() -> None:
     assert describe(ValueError("  \n")) == "ValueError"
     assert first_line(OSError()) == "OSError"
     assert describe(OSError("disk full\nsecond line")) == "OSError: disk full"
+
+
+def test_cuda_and_mps_as_machines_with_and_without_them_see_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch answers for the hardware (is_available, device_count): played here by hand, as
+    this machine has neither an NVIDIA GPU nor Apple silicon."""
+    import torch
+
+    from exptorch import ExptError
+    from exptorch_plugins import devices
+
+    def says(device, index=None) -> str:
+        with pytest.raises(ExptError) as info:
+            device(index)
+        return str(info.value)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert says(devices.cuda) == (
+        "CUDA is not available on this machine (no NVIDIA GPU or driver, or a CPU-only torch "
+        "build); use --device cpu or --device auto."
+    )
+    assert says(devices.mps) == (
+        "Apple's MPS is not available here (it needs an Apple-silicon Mac with macOS 12.3+); use "
+        "--device cpu or --device auto."
+    )
+    assert devices.auto() == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert devices.mps() == devices.mps(0) == devices.auto() == torch.device("mps")
+    assert says(devices.mps, 1) == "There is only one MPS device; use --device mps."
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert devices.cuda() == devices.auto() == torch.device("cuda", 0)  # cuda before mps
+    assert devices.cuda(1) == torch.device("cuda", 1)
+    assert says(devices.cuda, 2) == (
+        "There is no cuda:2; this machine has 2 CUDA device(s), cuda:0 to cuda:1."
+    )
