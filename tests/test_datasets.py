@@ -542,5 +542,50 @@ def test_fashion_mnist_images_that_are_not_one_picture_each_are_refused(
 
 
 def test_fashion_mnist_missing_offline(plugins, tmp_path: Path) -> None:
-    with pytest.raises(ExptError, match=r"Fashion-MNIST is not in .* could not be downloaded"):
+    with pytest.raises(
+        ExptError, match=r"Fashion-MNIST is not in .* could not be downloaded"
+    ) as info:
         plugins.get("dataset", "fashion-mnist").factory(data_dir=tmp_path, download=True)
+    assert str(info.value).endswith(
+        "put the four *-ubyte(.gz) files there (Debian's dataset-fashion-mnist package has them), "
+        "use --data-dir, or --dataset fashion-mnist-sample."
+    )
+
+
+def test_fashion_mnist_is_downloaded_into_its_folder_and_checked(
+    plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over real HTTP on 127.0.0.1, serving the bundled sample's four .gz files: with their
+    checksums they land in DATA_DIR/fashion-mnist and load; a wrong checksum is refused."""
+    import hashlib
+
+    sample = Path(fashion_mnist.__file__).parent / "data" / "fashion-mnist-sample"
+    served = {f"/{path.name}": path.read_bytes() for path in sample.glob("*.gz")}
+
+    def do_get(handler) -> None:
+        body = served.get(handler.path)
+        handler.send_response(200 if body else 404)
+        handler.send_header("Content-Length", str(len(body or b"")))
+        handler.end_headers()
+        handler.wfile.write(body or b"")
+
+    checksums = {
+        key: (stem, hashlib.md5(served[f"/{stem}.gz"]).hexdigest())
+        for key, (stem, _) in fashion_mnist.FILES.items()
+    }
+    load = plugins.get("dataset", "fashion-mnist").factory
+    with http_server(monkeypatch, do_get) as base:
+        monkeypatch.setattr(fashion_mnist, "MIRROR", base + "/")
+        wrong = {**checksums, "test_labels": ("t10k-labels-idx1-ubyte", "0" * 32)}
+        monkeypatch.setattr(fashion_mnist, "FILES", wrong)
+        with pytest.raises(
+            ExptError, match=r"t10k-labels-idx1-ubyte\.gz arrived with a wrong checksum"
+        ):
+            load(data_dir=tmp_path / "bad", download=True)
+        monkeypatch.setattr(fashion_mnist, "FILES", checksums)
+        splits = load(data_dir=tmp_path / "data", download=True)
+    assert splits.train_images.shape == (6000, 1, 28, 28)
+    assert sorted(p.name for p in (tmp_path / "data" / "fashion-mnist").iterdir()) == sorted(
+        name.lstrip("/") for name in served
+    )
+    assert load(data_dir=tmp_path / "data", download=False).test_labels.shape == (1000,)
