@@ -32,6 +32,40 @@ def test_cifar10_reads_the_standard_pickle_format(plugins, cifar10_dir: Path, ca
     assert "not the official CIFAR-10" in caplog.text
 
 
+def test_cifar10_warns_exactly_when_it_is_not_the_official_set(
+    plugins, cifar10_dir: Path, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exptorch_plugins import cifar10
+    from exptorch_plugins._download import md5sum
+
+    folder = cifar10_dir / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    load = plugins.get("dataset", "cifar10").factory
+    caplog.set_level(logging.WARNING, logger="exptorch")
+    load(data_dir=cifar10_dir, download=False)
+    assert caplog.messages == [
+        f"{folder} is not the official CIFAR-10 (checksums differ: {', '.join(names)}); "
+        "reading it anyway"
+    ]
+    own = {name: md5sum(folder / name) for name in names}  # as if these were the official files
+    monkeypatch.setattr(cifar10, "TRAIN_FILES", {name: own[name] for name in names[:5]})
+    monkeypatch.setattr(cifar10, "TEST_FILES", {"test_batch": own["test_batch"]})
+    caplog.clear()
+    load(data_dir=cifar10_dir, download=False)
+    assert caplog.messages == []
+    (folder / "data_batch_5").unlink()
+    load(data_dir=cifar10_dir, download=False)
+    assert caplog.messages == [
+        f"{folder} is not the official CIFAR-10 (a subset of the batches); reading it anyway"
+    ]
+    caplog.clear()
+    (folder / "batches.meta").write_bytes(b"not a pickle")
+    assert load(data_dir=cifar10_dir, download=False).classes == cifar10.CLASSES
+    assert caplog.messages[-1] == (
+        f"{folder / 'batches.meta'} is unreadable; using the standard class names"
+    )
+
+
 def test_cifar10_channel_layout_matches_the_format(plugins, tmp_path: Path) -> None:
     import pickle
 
