@@ -563,3 +563,20 @@ def test_weights_that_do_not_fit_the_model_say_which_keys_differ(tmp_path: Path)
         "The checkpoint's weights do not fit model 'quicknet' as this install builds it "
         f'(Missing key(s) in state_dict: "{first}").'
     )
+
+
+def test_the_state_dict_format_reads_its_own_payload_only(tmp_path: Path) -> None:
+    """Called as a plugin would call it (no map location given): a payload of another format
+    is refused by name, and one from before steps were recorded starts at step 0."""
+    from exptorch_plugins.state_dict import StateDictFormat
+
+    fmt = StateDictFormat()
+    torch.save({"format": "exptorch.safetensors", "epoch": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError) as other:
+        fmt.load(tmp_path / "other.pt")
+    assert str(other.value) == "not an exptorch state_dict checkpoint"
+    torch.save(
+        {"format": "exptorch.state_dict", "epoch": 2, "model_state": {}}, tmp_path / "old.pt"
+    )
+    old = fmt.load(tmp_path / "old.pt")
+    assert (old.epoch, old.step, old.config, old.meta) == (2, 0, {}, {})
