@@ -175,6 +175,7 @@ def test_cuda_and_mps_as_machines_with_and_without_them_see_them(
         "--device cpu or --device auto."
     )
     assert devices.auto() == torch.device("cpu")
+    assert says(devices.auto, 1) == "--device auto takes no index; name the device, as in cuda:1."
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert devices.mps() == devices.mps(0) == devices.auto() == torch.device("mps")
     assert says(devices.mps, 1) == "There is only one MPS device; use --device mps."
