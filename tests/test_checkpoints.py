@@ -575,8 +575,9 @@ def test_the_state_dict_format_reads_its_own_payload_only(tmp_path: Path) -> Non
     with pytest.raises(ValueError) as other:
         fmt.load(tmp_path / "other.pt")
     assert str(other.value) == "not an exptorch state_dict checkpoint"
-    torch.save(
-        {"format": "exptorch.state_dict", "epoch": 2, "model_state": {}}, tmp_path / "old.pt"
-    )
+    weights = {"w": torch.ones(2)}
+    old_payload = {"format": "exptorch.state_dict", "epoch": 2, "model_state": weights}
+    torch.save(old_payload, tmp_path / "old.pt")
     old = fmt.load(tmp_path / "old.pt")
     assert (old.epoch, old.step, old.config, old.meta) == (2, 0, {}, {})
+    assert old.model_state is not None and torch.equal(old.model_state["w"], torch.ones(2))
