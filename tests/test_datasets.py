@@ -230,7 +230,7 @@ def test_ctrl_c_before_the_first_byte_stays_a_ctrl_c(tmp_path: Path, monkeypatch
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(urllib.request, "urlopen", interrupted)
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _download.download("http://127.0.0.1:9/c.bin", tmp_path / "data" / "c.bin")
     assert not list((tmp_path / "data").iterdir())

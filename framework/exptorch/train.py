@@ -66,7 +66,8 @@ def run_experiment(
         is the total.
 
     A first SIGINT or SIGTERM stops the run after the current step, writes a
-    resumable checkpoint and raises :class:`RunInterrupted`.
+    resumable checkpoint and raises :class:`RunInterrupted`; one that comes while the
+    run is set up lets the set-up finish and raises it before anything is written.
     """
     signals = StopSignals().install()  # a Ctrl-C while setting up stops before training
     try:
