@@ -225,14 +225,18 @@ def run_mutmut(mutmut: str, names: list[str], max_children: int, env: dict[str, 
     return code
 
 
+def generate(mutmut: str, max_children: int, env: dict[str, str]) -> None:
+    """Generate every mutant (those of changed functions start over) and collect which tests
+    call what, without checking any: mutmut stops there, as no mutant has the name given."""
+    run_mutmut(mutmut, ["exptorch.no_mutant_has_this_name"], max_children, env)
+
+
 def run_sample(
     size: int, seed: int, mutmut: str, max_children: int, env: dict[str, str], again: bool
 ) -> int:
     """Check a uniform sample of the whole tree's mutants: its score estimates the tree's."""
     if not sample_file(size, seed).is_file():
-        # generate every mutant and collect which tests call what; mutmut then stops, as no
-        # mutant has this name
-        run_mutmut(mutmut, ["exptorch.no_mutant_has_this_name"], max_children, env)
+        generate(mutmut, max_children, env)
     names = draw_sample(size, seed)
     codes = verdicts()
     # a killed mutant stays killed, unless ``again``; the others are checked (again: new tests
@@ -319,7 +323,7 @@ def unsettled(globs: list[str], mutmut: str, max_children: int, env: dict[str, s
     """The mutants of these modules without a verdict, or that survived (new tests may kill
     them). mutmut re-runs every mutant a name matches, so the killed ones are left out by
     name; it first generates the mutants of changed functions (their verdicts start over)."""
-    run_mutmut(mutmut, ["exptorch.no_mutant_has_this_name"], max_children, env)
+    generate(mutmut, max_children, env)
     return [
         name
         for name, code in verdicts().items()

@@ -9,8 +9,9 @@ import pickle
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,3 +125,38 @@ def http_server(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def file_server(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> Iterator[str]:
+    """:func:`http_server` serving ``files`` (by URL path, ``/name``) whole, with their
+    Content-Length; any other path is a 404."""
+
+    def do_get(handler: http.server.BaseHTTPRequestHandler) -> None:
+        body = files.get(handler.path)
+        handler.send_response(404 if body is None else 200)
+        handler.send_header("Content-Length", str(len(body or b"")))
+        handler.end_headers()
+        handler.wfile.write(body or b"")
+
+    with http_server(monkeypatch, do_get) as base:
+        yield base
+
+
+class WritesMarker:
+    """Unpickling this opens (so creates) the marker file: code from the file runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def normalised(images: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
+    """``(x / 255 - mean) / std`` per channel, written out here rather than borrowed."""
+    import torch
+
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (images.float() / 255 - m) / s

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import http_server, write_cifar10
+from conftest import file_server, http_server, write_cifar10
 from exptorch import ExptError
 from exptorch_plugins import fashion_mnist
 
@@ -595,20 +595,12 @@ def test_fashion_mnist_is_downloaded_into_its_folder_and_checked(
 
     sample = Path(fashion_mnist.__file__).parent / "data" / "fashion-mnist-sample"
     served = {f"/{path.name}": path.read_bytes() for path in sample.glob("*.gz")}
-
-    def do_get(handler) -> None:
-        body = served.get(handler.path)
-        handler.send_response(200 if body else 404)
-        handler.send_header("Content-Length", str(len(body or b"")))
-        handler.end_headers()
-        handler.wfile.write(body or b"")
-
     checksums = {
         key: (stem, hashlib.md5(served[f"/{stem}.gz"]).hexdigest())
         for key, (stem, _) in fashion_mnist.FILES.items()
     }
     load = plugins.get("dataset", "fashion-mnist").factory
-    with http_server(monkeypatch, do_get) as base:
+    with file_server(monkeypatch, served) as base:
         monkeypatch.setattr(fashion_mnist, "MIRROR", base + "/")
         wrong = {**checksums, "test_labels": ("t10k-labels-idx1-ubyte", "0" * 32)}
         monkeypatch.setattr(fashion_mnist, "FILES", wrong)

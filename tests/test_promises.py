@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import EXPT
+from conftest import EXPT, WritesMarker, normalised
 from exptorch import ExptError, hookimpl, load_image
 from exptorch.checkpoint import build_model, latest_checkpoint, load_checkpoint
 from exptorch.rundir import read_json, read_metrics
@@ -38,13 +38,6 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 
 def quiet(_: str) -> None:
     pass
-
-
-def normalised(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
-    """``(x / 255 - mean) / std`` per channel, written out here rather than borrowed."""
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    return (images.float() / 255 - m) / s
 
 
 # --- a model that reports what it is given ---------------------------------------------------
@@ -473,16 +466,6 @@ def test_the_fp16_gradient_scalers_state_is_restored_on_resume(tmp_path: Path) -
 
 
 # --- checkpoints are loaded safely ---------------------------------------------------------------
-
-
-class WritesMarker:
-    """Unpickling this opens (so creates) the marker file: code from the checkpoint runs."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (str(self.marker), "w"))
 
 
 def test_a_state_dict_checkpoint_with_a_pickled_payload_is_refused_unrun(tmp_path: Path) -> None:

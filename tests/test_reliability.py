@@ -543,8 +543,9 @@ def test_tensorboard_hparams_hold_only_the_options_of_plugins_used(tmp_path: Pat
 def test_what_a_signal_says_when_it_stops_a_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The first signal asks to stop after the step and says so; a second stops at once; the
-    line after the stop names the checkpoint, or says training had not started."""
+    """The first signal asks to stop (before training while setting up, then after the step)
+    and says so; a second stops at once; the line after the stop names the checkpoint, or says
+    training had not started."""
     from exptorch.interrupts import StopNow, StopSignals, interrupted
 
     signals = StopSignals()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import http_server
+from conftest import WritesMarker, file_server
 from exptorch import DatasetInfo, ExptError
 from exptorch_plugins import vgg16
 
@@ -126,19 +126,9 @@ def test_imagenet_weights_come_from_torchvisions_cache(tmp_path: Path, monkeypat
     assert torch.equal(weights["features.0.bias"], torch.arange(64.0))
 
 
-class Payload:
-    """Unpickling this runs ``touch`` on a file: what a hostile weights file could run."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (self.path,))
-
-
 def test_a_weights_file_with_a_pickled_payload_is_refused_unrun(tmp_path: Path) -> None:
     ran = tmp_path / "payload-ran"
-    torch.save({"features.0.bias": torch.zeros(64), "x": Payload(ran)}, tmp_path / "evil.pth")
+    torch.save({"features.0.bias": torch.zeros(64), "x": WritesMarker(ran)}, tmp_path / "evil.pth")
     with pytest.raises(ExptError) as info:
         vgg16.read_weights(str(tmp_path / "evil.pth"))
     assert str(info.value).startswith(
@@ -219,14 +209,9 @@ def test_a_downloaded_weights_file_is_checked_against_the_checksum_in_its_name(
     good = buffer.getvalue()
     prefix = hashlib.sha256(good).hexdigest()[:8]
 
-    def do_get(handler) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(good)))
-        handler.end_headers()
-        handler.wfile.write(good)
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with http_server(monkeypatch, do_get) as base:
+    files = {"/vgg16-00000000.pth": good, f"/vgg16-{prefix}.pth": good}
+    with file_server(monkeypatch, files) as base:
         monkeypatch.setattr(vgg16, "IMAGENET_URL", f"{base}/vgg16-00000000.pth")
         with pytest.raises(ExptError) as damaged:
             vgg16.read_weights("imagenet")

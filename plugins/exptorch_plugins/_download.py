@@ -66,8 +66,7 @@ def download(url: str, dest: Path, md5: str | None = None) -> Path:
                     received += len(block)
             if total is not None and received != total:
                 # the server closed the connection early: http.client returns the bytes it
-                # got without an error, and a file without a checksum (VGG16's weights)
-                # would be kept half-written
+                # got without an error, and the half file would be moved into place
                 raise DownloadFailed(
                     f"{url} arrived incomplete ({received} of {total} bytes); try again"
                 )
