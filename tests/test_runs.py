@@ -257,3 +257,161 @@ def test_a_run_whose_state_was_never_written_is_unknown(tmp_path: Path) -> None:
         if text is not None:
             (folder / "state.json").write_text(text)
         assert read_run(folder).state == "unknown", text
+
+
+def copied_from_another_machine(source: Path, into: Path, **config: Any) -> Path:
+    """The ``base`` run as a folder copied from elsewhere: its ``config.json`` keeps the
+    name, runs folder and whatever else ``config`` says that machine ran."""
+    folder = into / "copied"
+    shutil.copytree(source / "base", folder)
+    saved = json.loads((folder / "config.json").read_text())
+    saved["config"].update(config)
+    (folder / "config.json").write_text(json.dumps(saved))
+    return folder
+
+
+def test_compare_rows_are_state_model_dataset_what_differs_then_results(
+    expt, runs_dir: Path, tmp_path: Path
+) -> None:
+    """Rows in order: state, model, dataset, the config keys that differ (never the run's
+    name or runs folder, nor model and dataset twice), epochs, best accuracy, final metrics;
+    the text shows accuracies as percentages and the rest as numbers."""
+    other = copied_from_another_machine(
+        runs_dir, tmp_path / "elsewhere", name="copied", runs_dir="/elsewhere",
+        model="vgg16", dataset="cifar10", lr=0.1,
+    )  # fmt: skip
+    args = ("runs", "compare", "base", str(other), "--runs-dir", str(runs_dir))
+    out = json.loads(expt(*args, "--json", check=True).stdout)
+    base = json.loads((runs_dir / "base" / "state.json").read_text())
+    assert out["runs"] == ["base", "copied"]
+    assert out["rows"] == {
+        "state": ["finished", "finished"],
+        "model": ["quicknet", "vgg16"],
+        "dataset": ["fashion-mnist-sample", "cifar10"],
+        "config.lr": [0.01, 0.1],
+        "epochs": [2, 2],
+        "best_test_accuracy": [base["best_test_accuracy"]] * 2,
+        **{f"final_{k}": [base["final"][k]] * 2 for k in
+           ("test_accuracy", "test_loss", "epoch_train_loss")},
+    }  # fmt: skip
+
+    lines = [line.split() for line in expt(*args, check=True).stdout.splitlines()]
+    best = f"{100 * base['best_test_accuracy']:.2f}%"
+    loss = f"{base['final']['test_loss']:.4g}"
+    assert lines[0] == ["base", "copied"]
+    assert lines[1:] == [
+        ["state", "finished", "finished"],
+        ["model", "quicknet", "vgg16"],
+        ["dataset", "fashion-mnist-sample", "cifar10"],
+        ["config.lr", "0.01", "0.1"],
+        ["epochs", "2", "2"],
+        ["best_test_accuracy", best, best],
+        ["final_test_accuracy", *[f"{100 * base['final']['test_accuracy']:.2f}%"] * 2],
+        ["final_test_loss", loss, loss],
+        ["final_epoch_train_loss", *[f"{base['final']['epoch_train_loss']:.4g}"] * 2],
+    ]
+
+
+def test_list_table_rows_hold_each_runs_model_dataset_epochs_accuracy_and_state(
+    expt, runs_dir: Path, tmp_path: Path
+) -> None:
+    other = copied_from_another_machine(runs_dir, tmp_path / "runs", model="vgg16",
+                                        dataset="cifar10", epochs=5)  # fmt: skip
+    base = json.loads((other / "state.json").read_text())
+    text = expt("runs", "list", "--runs-dir", str(other.parent), check=True).stdout
+    assert [line.split() for line in text.splitlines()] == [
+        ["name", "model", "dataset", "epochs", "best", "acc", "state"],
+        ["copied", "vgg16", "cifar10", "2/5", f"{100 * base['best_test_accuracy']:.2f}%",
+         "finished"],
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures ``expt runs plot`` draws, kept open for the test to read."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    figures: list[Any] = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    return figures
+
+
+def test_plot_draws_each_run_in_one_colour_with_its_losses_and_accuracies(
+    runs_dir: Path, tmp_path: Path, drawn: list[Any]
+) -> None:
+    """Left, loss by step: each run's train loss (a line with small markers) and test loss
+    (dashed, round markers); right, test accuracy in % by epoch. A run's three lines share
+    one colour, and the next run gets the next colour of the cycle."""
+    from matplotlib.colors import to_hex
+
+    from exptorch.runs import find_run, plot
+
+    runs = [find_run(runs_dir, name) for name in ("base", "faster")]
+    output = plot(runs, tmp_path / "curves.png")
+    assert output == tmp_path / "curves.png"
+    png = output.read_bytes()
+    assert png.startswith(b"\x89PNG") and png[16:24] == (1440).to_bytes(4, "big") + (
+        540
+    ).to_bytes(4, "big")  # 12 x 4.5 inches at 120 dpi
+    (figure,) = drawn
+    loss_ax, acc_ax = figure.axes
+    assert loss_ax.get_position().x1 < acc_ax.get_position().x0  # side by side
+    assert (loss_ax.get_title(), loss_ax.get_xlabel(), loss_ax.get_ylabel()) == (
+        "loss", "training step", "cross-entropy",
+    )  # fmt: skip
+    assert (acc_ax.get_title(), acc_ax.get_xlabel(), acc_ax.get_ylabel()) == (
+        "test accuracy", "epoch", "%",
+    )  # fmt: skip
+    losses = {line.get_label(): line for line in loss_ax.get_lines()}
+    accuracies = {line.get_label(): line for line in acc_ax.get_lines()}
+    assert set(losses) == {"base train", "base test", "faster train", "faster test"}
+    assert set(accuracies) == {"base", "faster"}
+    for index, run in enumerate(runs):
+        train = [r for r in run.records() if "train_loss" in r]
+        epochs = run.epoch_records
+        line, test, accuracy = losses[f"{run.name} train"], losses[f"{run.name} test"], \
+            accuracies[run.name]  # fmt: skip
+        assert len(train) > 2 and line.get_marker() == "." and line.get_linestyle() == "-"
+        assert list(line.get_xdata()) == [r["step"] for r in train]
+        assert list(line.get_ydata()) == [r["train_loss"] for r in train]
+        assert (test.get_linestyle(), test.get_marker()) == ("--", "o")
+        assert list(test.get_xdata()) == [r["step"] for r in epochs]
+        assert list(test.get_ydata()) == [r["test_loss"] for r in epochs]
+        assert list(accuracy.get_xdata()) == [r["epoch"] for r in epochs]
+        assert list(accuracy.get_ydata()) == [100 * r["test_accuracy"] for r in epochs]
+        colours = {to_hex(x.get_color()) for x in (line, test, accuracy)}
+        assert colours == {to_hex(f"C{index}")}
+
+
+def test_plot_marks_a_two_point_train_loss_as_a_line_and_one_point_as_a_dot(
+    tmp_path: Path, drawn: list[Any]
+) -> None:
+    from exptorch.runs import find_run, plot
+    from exptorch.testing import make_plugins, run_expt
+
+    plugins = make_plugins()
+    for name, epochs in (("one", 1), ("two", 2)):  # one partial-window record per epoch
+        run_expt(plugins, tmp_path / "runs", echo=lambda _: None, name=name, epochs=epochs,
+                 log_every=100)  # fmt: skip
+    plot([find_run(tmp_path / "runs", n) for n in ("one", "two")], tmp_path / "p.png")
+    trains = {
+        line.get_label(): line for line in drawn[0].axes[0].get_lines()
+        if line.get_label().endswith("train")
+    }  # fmt: skip
+    assert [len(trains[n].get_xdata()) for n in ("one train", "two train")] == [1, 2]
+    assert (trains["one train"].get_marker(), trains["two train"].get_marker()) == ("o", ".")
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(
+    runs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exptorch.runs import find_run, plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(ExptError) as error:
+        plot([find_run(runs_dir, "base")], tmp_path / "p.png")
+    assert str(error.value) == (
+        "expt runs plot needs matplotlib; install it with: pip install matplotlib."
+    )
+    assert not (tmp_path / "p.png").exists()

@@ -234,6 +234,17 @@ def test_mixup_blends_images_and_targets_alike() -> None:
     assert 0 < lam <= 1
 
 
+def test_mixing_weights_are_fresh_draws_from_beta_alpha_alpha() -> None:
+    """Each batch's weight is a new Beta(alpha, alpha) draw: thousands of batches give
+    thousands of weights (not a handful repeating), spread as Beta's mean and variance say."""
+    generator = torch.Generator().manual_seed(0)
+    weights = [transforms.beta(0.5, generator) for _ in range(4000)]
+    assert len(set(weights)) == 4000
+    draws = torch.tensor(weights, dtype=torch.float64)
+    assert draws.mean().item() == pytest.approx(0.5, abs=0.02)
+    assert draws.var().item() == pytest.approx(0.125, abs=0.01)  # a*a / ((2a)^2 (2a+1))
+
+
 def test_cutmix_mixes_targets_by_pasted_area_and_refuses_tiny_images() -> None:
     transform = transforms.cutmix(INFO, cutmix_alpha=1.0)
     images = torch.zeros(8, 1, 28, 28)

@@ -326,3 +326,114 @@ def test_the_sync_hint_names_wandb_as_it_can_be_run(monkeypatch) -> None:
     assert wandb_program() == str(beside)
     monkeypatch.setenv("PATH", str(beside.parent))
     assert wandb_program() == "wandb"
+
+
+def test_image_captions_reach_wandb_on_one_line(wandb_env, tmp_path: Path) -> None:
+    """A caption's line breaks become " / " (W&B shows one line under each picture)."""
+    import torch
+
+    from exptorch_plugins.wandb import WandbLogger
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    logger = WandbLogger(
+        RunContext(run_dir=run_dir, config=quick_config(tmp_path), resumed=False),
+        wandb_mode="offline", wandb_project="exptorch-tests",
+    )  # fmt: skip
+    images = torch.rand(2, 3, 4, 4)
+    logger.log_images("samples", images, ["cat\nguess: dog", "ship"], step=3)
+    logger.finish("finished")
+    (file,) = wandb_files(run_dir)
+    (row,) = [row for row in read_wandb(file)["history"] if "samples.captions" in row]
+    assert (row["_step"], row["samples.count"]) == (3, 2)
+    assert row["samples.captions"] == ["cat / guess: dog", "ship"]
+
+
+def test_the_sync_hint_names_the_wandb_beside_python_when_path_finds_another(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    other = tmp_path / "wandb"
+    other.write_text("#!/bin/sh\n")
+    other.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert wandb_program() == str(Path(sys.executable).parent / "wandb")
+
+
+def test_the_reachability_probe_connects_to_the_urls_host_and_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The port is the URL's, else 443 for https and 80 for http; the timeout bounds the
+    connection; the answer is None when it connects, else host:port and the reason."""
+    import socket
+
+    from exptorch_plugins import wandb as plugin
+
+    calls: list[tuple[Any, ...]] = []
+
+    class Connection:
+        def close(self) -> None:
+            calls.append(("closed",))
+
+    def connect(address: tuple[str, int], timeout: float) -> Connection:
+        calls.append((address, timeout))
+        if address[0] == "refusing.example":
+            raise ConnectionRefusedError(111, "Connection refused")
+        return Connection()
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    assert plugin._unreachable("https://api.example", 2.5) is None
+    assert plugin._unreachable("http://api.example", 1.0) is None
+    assert plugin._unreachable("https://api.example:8443/x", 1.0) is None
+    assert plugin._unreachable("http:///nohost", 1.0) is None
+    assert calls == [
+        (("api.example", 443), 2.5), ("closed",),
+        (("api.example", 80), 1.0), ("closed",),
+        (("api.example", 8443), 1.0), ("closed",),
+        (("", 80), 1.0), ("closed",),
+    ]  # fmt: skip
+    assert plugin._unreachable("https://refusing.example", 1.0) == (
+        "refusing.example:443: Connection refused"
+    )
+
+
+def test_a_hanging_probe_is_given_up_after_its_timeout_in_a_daemon_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A DNS lookup that never answers must neither hold up the run past the timeout nor
+    keep the process alive at exit."""
+    import socket
+    import threading
+
+    from exptorch_plugins import wandb as plugin
+
+    release = threading.Event()
+    probes: list[threading.Thread] = []
+
+    def hang(address: tuple[str, int], timeout: float) -> Any:
+        probes.append(threading.current_thread())
+        release.wait(30)
+        raise OSError("released")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    timer = threading.Timer(5, release.set)  # frees a join() without a timeout, if any
+    timer.start()
+    try:
+        answer = plugin._unreachable("https://api.example", 0.2)
+        (probe,) = probes
+        assert answer == "api.example:443: no answer in 0.2s"
+        assert probe.daemon and probe.is_alive()
+    finally:
+        release.set()
+        timer.cancel()
+
+
+def test_the_server_is_wandbs_default_unless_wandb_base_url_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exptorch_plugins.wandb import _base_url
+
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    default = wandb.Settings().base_url  # W&B's own cloud; its address changes with versions
+    assert _base_url() == default and default.startswith("https://")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://wandb.internal:8080")
+    assert _base_url() == "http://wandb.internal:8080"
