@@ -351,9 +351,8 @@ def test_plot_draws_each_run_in_one_colour_with_its_losses_and_accuracies(
     output = plot(runs, tmp_path / "curves.png")
     assert output == tmp_path / "curves.png"
     png = output.read_bytes()
-    assert png.startswith(b"\x89PNG") and png[16:24] == (1440).to_bytes(4, "big") + (
-        540
-    ).to_bytes(4, "big")  # 12 x 4.5 inches at 120 dpi
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert png.startswith(b"\x89PNG") and (width, height) == (1440, 540)  # 12 x 4.5 in, 120 dpi
     (figure,) = drawn
     loss_ax, acc_ax = figure.axes
     assert loss_ax.get_position().x1 < acc_ax.get_position().x0  # side by side
