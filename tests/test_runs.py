@@ -344,6 +344,7 @@ def test_plot_draws_each_run_in_one_colour_with_its_losses_and_accuracies(
     (dashed, round markers); right, test accuracy in % by epoch. A run's three lines share
     one colour, and the next run gets the next colour of the cycle."""
     from matplotlib.colors import to_hex
+    from matplotlib.font_manager import FontProperties
 
     from exptorch.runs import find_run, plot
 
@@ -362,6 +363,11 @@ def test_plot_draws_each_run_in_one_colour_with_its_losses_and_accuracies(
     assert (acc_ax.get_title(), acc_ax.get_xlabel(), acc_ax.get_ylabel()) == (
         "test accuracy", "epoch", "%",
     )  # fmt: skip
+    assert all(float(tick).is_integer() for tick in acc_ax.get_xticks())  # whole epochs
+    small = FontProperties(size="small").get_size_in_points()
+    for ax in (loss_ax, acc_ax):
+        assert {grid.get_alpha() for grid in ax.xaxis.get_gridlines()} == {0.3}
+        assert {text.get_fontsize() for text in ax.get_legend().get_texts()} == {small}
     losses = {line.get_label(): line for line in loss_ax.get_lines()}
     accuracies = {line.get_label(): line for line in acc_ax.get_lines()}
     assert set(losses) == {"base train", "base test", "faster train", "faster test"}
@@ -393,7 +399,9 @@ def test_plot_marks_a_two_point_train_loss_as_a_line_and_one_point_as_a_dot(
     for name, epochs in (("one", 1), ("two", 2)):  # one partial-window record per epoch
         run_expt(plugins, tmp_path / "runs", echo=lambda _: None, name=name, epochs=epochs,
                  log_every=100)  # fmt: skip
-    plot([find_run(tmp_path / "runs", n) for n in ("one", "two")], tmp_path / "p.png")
+    output = tmp_path / "figures" / "new" / "p.png"  # folders made as needed
+    plot([find_run(tmp_path / "runs", n) for n in ("one", "two")], output)
+    assert output.read_bytes().startswith(b"\x89PNG")
     trains = {
         line.get_label(): line for line in drawn[0].axes[0].get_lines()
         if line.get_label().endswith("train")
@@ -414,3 +422,61 @@ def test_plot_without_matplotlib_says_how_to_install_it(
         "expt runs plot needs matplotlib; install it with: pip install matplotlib."
     )
     assert not (tmp_path / "p.png").exists()
+
+
+def test_a_running_run_is_told_by_its_lock_and_an_older_one_by_its_pid(
+    runs_dir: Path, tmp_path: Path
+) -> None:
+    """state.json says running, and this process is alive. With a lock file, what counts is
+    whether the lock is held: free, the run crashed. Without one (an older exptorch's
+    folder), the pid decides."""
+    from exptorch.rundir import LOCK_NAME
+    from exptorch.runs import read_run
+
+    def running_folder(name: str, lock: bool) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(runs_dir / "base", folder)
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+        if lock:
+            (folder / LOCK_NAME).touch()
+        state = json.loads((folder / "state.json").read_text())
+        state.update(state="running", pid=os.getpid())
+        (folder / "state.json").write_text(json.dumps(state))
+        return folder
+
+    assert read_run(running_folder("free-lock", lock=True)).state == "crashed"
+    assert read_run(running_folder("no-lock", lock=False)).state == "running"
+
+
+def test_a_runs_colour_is_its_place_in_the_plot_whatever_lines_the_others_have(
+    runs_dir: Path, tmp_path: Path, drawn: list[Any]
+) -> None:
+    """A run stopped in its first epoch has train losses only; one of an exptorch that logged
+    no train losses has test results only. Either way the n-th run is drawn in colour Cn."""
+    from matplotlib.colors import to_hex
+
+    from exptorch.runs import find_run, plot
+
+    def keeping(name: str, keep: str) -> Path:
+        folder = tmp_path / "runs" / name
+        shutil.copytree(runs_dir / "base", folder)
+        records = read_metrics(folder / "metrics.jsonl")
+        lines = [json.dumps(r) + "\n" for r in records if keep in r]
+        (folder / "metrics.jsonl").write_text("".join(lines))
+        return folder
+
+    keeping("first-epoch", keep="train_loss")
+    keeping("tests-only", keep="test_accuracy")
+    for order in (("tests-only", "first-epoch"), ("first-epoch", "tests-only")):
+        drawn.clear()
+        plot([find_run(tmp_path / "runs", name) for name in order], tmp_path / "p.png")
+        (figure,) = drawn
+        colours = {
+            line.get_label(): to_hex(line.get_color())
+            for ax in figure.axes for line in ax.get_lines()
+        }  # fmt: skip
+        assert colours == {
+            "first-epoch train": to_hex(f"C{order.index('first-epoch')}"),
+            "tests-only test": to_hex(f"C{order.index('tests-only')}"),
+            "tests-only": to_hex(f"C{order.index('tests-only')}"),
+        }
