@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from exptorch import ExptError
 from exptorch.config import RunConfig
 from exptorch.plugins import NO_AUTOLOAD_ENV, load_plugins
 from exptorch.rundir import read_metrics
@@ -437,3 +438,152 @@ def test_the_server_is_wandbs_default_unless_wandb_base_url_says(
     assert _base_url() == default and default.startswith("https://")
     monkeypatch.setenv("WANDB_BASE_URL", "http://wandb.internal:8080")
     assert _base_url() == "http://wandb.internal:8080"
+
+
+class RecordedRun:
+    """What ``wandb.init`` returns in the tests below: it records what the logger sends."""
+
+    def __init__(self, run_dir: Path, **init: Any) -> None:
+        self.init = init
+        self.dir = str(run_dir / "wandb" / "run-recorded" / "files")
+        self.logged: list[tuple[dict[str, Any], int | None]] = []
+        self.summary: dict[str, Any] = {}
+        self.exit_code: int | None = None
+
+    def log(self, data: dict[str, Any], step: int | None = None) -> None:
+        self.logged.append((data, step))
+
+    def finish(self, exit_code: int | None = None) -> None:
+        self.exit_code = exit_code
+
+
+@pytest.fixture
+def recorded(wandb_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A WandbLogger factory whose ``wandb.init`` records its arguments (online ones too:
+    the server is reported reachable) and whose ``wandb.Image`` keeps pixels and caption."""
+    from exptorch_plugins import wandb as plugin
+
+    monkeypatch.setattr(plugin, "_unreachable", lambda url, timeout: None)
+    monkeypatch.setattr(wandb, "init", lambda **init: RecordedRun(Path(init["dir"]), **init))
+    monkeypatch.setattr(wandb, "Image", lambda array, caption: (array, caption))
+    wandb_env.delenv("WANDB_MODE", raising=False)
+
+    def make(resumed: bool = False, monitor: str = "test_accuracy", monitor_mode: str = "max",
+             **options: Any) -> Any:  # fmt: skip
+        run_dir = tmp_path / "run"
+        run_dir.mkdir(exist_ok=True)
+        context = RunContext(run_dir=run_dir, config=quick_config(tmp_path), resumed=resumed,
+                             monitor=monitor, monitor_mode=monitor_mode)  # fmt: skip
+        return plugin.WandbLogger(context, **options)
+
+    return make
+
+
+def test_the_default_mode_is_online_with_exptorchs_settings(
+    recorded, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level("INFO", logger="exptorch.wandb")
+    logger = recorded()
+    init = logger.run.init
+    assert init["mode"] == "online" and not logger.offline
+    assert init["settings"].init_timeout == 15.0 and init["settings"].console == "off"
+    assert (init["project"], init["name"], init["id"], init["resume"]) == (
+        "exptorch", "w", logger.run_id, None,
+    )  # fmt: skip
+    folder = Path(logger.run.dir).parent
+    assert f"wandb: run {logger.run_id} (online) in {folder}" in caplog.text
+    logger.finish("finished")
+    assert "upload it with" not in capsys.readouterr().err  # online: nothing to upload
+
+
+def test_modes_and_their_old_names(recorded) -> None:
+    from exptorch_plugins.wandb import _mode
+
+    assert [_mode(m) for m in ("online", "run", "offline", "dryrun", "disabled")] == [
+        "online", "online", "offline", "offline", "disabled",
+    ]  # fmt: skip
+    with pytest.raises(ExptError) as error:
+        _mode("cloud")
+    assert str(error.value) == "W&B mode 'cloud' is not one of online, offline, disabled."
+    assert recorded(wandb_mode="dryrun").offline
+
+
+def test_a_refused_online_start_falls_back_offline_saying_why(
+    recorded, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys
+) -> None:
+    started: list[dict[str, Any]] = []
+
+    def init(**options: Any) -> RecordedRun:
+        started.append(options)
+        if options["mode"] == "online":
+            raise RuntimeError("api key not configured\n(more detail)")
+        return RecordedRun(Path(options["dir"]), **options)
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(wandb, "teardown", lambda: None)
+    logger = recorded()
+    assert [s["mode"] for s in started] == ["online", "offline"] and logger.offline
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == (
+        "W&B is not reachable (RuntimeError: api key not configured); logging offline "
+        f"instead. Upload the run later with: {logger.sync_command()}"
+    )
+    logger.finish("finished")
+    assert f"wandb: offline run saved; upload it with: {logger.sync_command()}" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_resumed_run_continues_its_wandb_run_and_steps(recorded, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "wandb.json").write_text('{"id": "abcd1234", "last_step": 9}')
+    fresh = recorded()  # a new run never reads the file
+    assert fresh.run_id != "abcd1234" and (fresh.floor, fresh.run.init["resume"]) == (0, None)
+    fresh.finish("finished")
+    (tmp_path / "run" / "wandb.json").write_text('{"id": "abcd1234", "last_step": 9}')
+    logger = recorded(resumed=True)
+    assert (logger.run.init["id"], logger.run.init["resume"]) == ("abcd1234", "allow")
+    logger.log_metrics({"loss": 1.0}, step=4)  # W&B drops a step below its last: 10 then
+    logger.log_metrics({"loss": 1.0}, step=12)
+    logger.log_metrics({"loss": 1.0}, step=11)  # a step back is logged at the last one
+    assert [step for _, step in logger.run.logged] == [10, 12, 12]
+
+
+def test_best_values_follow_the_monitors_direction(recorded) -> None:
+    logger = recorded(monitor="test_top5_error", monitor_mode="min")
+    for value in (0.5, 0.3, 0.4):
+        logger.log_metrics({"test_top5_error": value}, step=1)
+    assert logger.best["test_top5_error"] == 0.3
+
+
+def test_logged_images_are_bytes_of_the_clamped_picture_and_steps_continue(recorded) -> None:
+    import torch
+
+    logger = recorded()
+    logger.log_metrics({"loss": 1.0}, step=7)
+    image = torch.tensor([[[-0.5, 0.0, 0.5, 1.0, 1.5]]]).expand(3, 1, 5)  # channels first
+    logger.log_images("samples", image[None], ["a\nb"], step=3)
+    (data, step) = logger.run.logged[-1]
+    ((pixels, caption),) = data["samples"]
+    assert step == 7 and caption == "a / b"
+    assert pixels.shape == (1, 5, 3) and pixels.dtype.name == "uint8"
+    assert pixels[0, :, 0].tolist() == [0, 0, 127, 255, 255]
+    with pytest.raises(ValueError):  # a caption per image, or an error
+        logger.log_images("samples", image[None].expand(2, 3, 1, 5), ["only one"], step=8)
+
+
+@pytest.mark.parametrize(
+    ("state", "exit_code"),
+    [("finished", 0), ("stopped", 0), ("failed", 1), ("interrupted", 1)],
+)
+def test_the_wandb_run_ends_with_the_runs_state_and_exit_code(
+    recorded, state: str, exit_code: int
+) -> None:
+    logger = recorded()
+    logger.finish(state)
+    assert (logger.run.summary["state"], logger.run.exit_code) == (state, exit_code)
+
+
+def test_no_setting_from_the_environment_turns_code_saving_on(recorded, wandb_env) -> None:
+    wandb_env.setenv("WANDB_SAVE_CODE", "true")
+    assert recorded().run.init["settings"].save_code is False
