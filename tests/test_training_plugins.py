@@ -678,3 +678,28 @@ def test_an_option_shared_by_registrations_belongs_to_each(tmp_path: Path) -> No
     assert saved_config(run)["options"]["fam_width"] == 16
     with pytest.raises(ExptError, match=r"--fam-width belongs to model 'fam-small' \(or 1 more\)"):
         run_expt(plugins, tmp_path / "runs", fam_width=16)
+
+
+def test_each_builtin_factory_defaults_to_the_options_documented_default() -> None:
+    """Called without an option (from Python, as a plugin's test does), a built-in factory
+    behaves as `expt plugins show` documents: its keyword defaults are its options'."""
+    import inspect
+
+    checked = []
+    for registration in (r for kind in make_plugins().registry.values() for r in kind.values()):
+        parameters = inspect.signature(registration.factory).parameters
+        for option in registration.options:
+            parameter = parameters.get(option.name)
+            if parameter is not None and parameter.default is not inspect.Parameter.empty:
+                checked.append((registration.name, option.name))
+                assert parameter.default == option.default, (registration.name, option.name)
+    assert ("mixup", "mixup_alpha") in checked and ("cutmix", "cutmix_alpha") in checked
+    images, labels = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+    for name in ("mixup", "cutmix"):  # and what they do, not only what they declare
+        registration = make_plugins().get("transform", name)
+        defaults = {option.name: option.default for option in registration.options}
+        plain = registration.factory(INFO)(images, labels, torch.Generator().manual_seed(3))
+        given = registration.factory(INFO, **defaults)(
+            images, labels, torch.Generator().manual_seed(3)
+        )
+        assert all(torch.equal(a, b) for a, b in zip(plain, given, strict=True)), name
