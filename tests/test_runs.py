@@ -480,3 +480,98 @@ def test_a_runs_colour_is_its_place_in_the_plot_whatever_lines_the_others_have(
             "tests-only test": to_hex(f"C{order.index('tests-only')}"),
             "tests-only": to_hex(f"C{order.index('tests-only')}"),
         }
+
+
+def edited_copy(runs_dir: Path, into: Path, name: str, state: dict[str, Any] | None = None,
+                keep: Any = None, config: Any = None) -> Path:  # fmt: skip
+    """A copy of ``base`` whose state.json is ``state``, whose metrics.jsonl keeps the records
+    ``keep`` returns, and whose config ``config`` edits."""
+    folder = into / name
+    shutil.copytree(runs_dir / "base", folder)
+    if state is not None:
+        (folder / "state.json").write_text(json.dumps(state))
+    if keep is not None:
+        records = [keep(r) for r in read_metrics(folder / "metrics.jsonl")]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records if r))
+    if config is not None:
+        saved = json.loads((folder / "config.json").read_text())
+        config(saved["config"])
+        (folder / "config.json").write_text(json.dumps(saved))
+    return folder
+
+
+def test_show_text_reads_as_documented(runs_dir: Path, tmp_path: Path) -> None:
+    """The header and state line, the config that was set, then a row per epoch: extra test
+    metrics get a column, and what an older run did not record shows as "-"."""
+    from exptorch.runs import find_run, fmt, show_text
+
+    def older(record: dict[str, Any]) -> dict[str, Any]:
+        if "test_accuracy" in record:
+            record.pop("epoch_time")
+            record.pop("images_per_second")
+            record["test_top5"] = 0.75
+        return record
+
+    folder = edited_copy(runs_dir, tmp_path, "older", keep=older)
+    run = find_run(tmp_path, "older")
+    config = json.loads((folder / "config.json").read_text())["config"]
+    epochs = [r for r in read_metrics(folder / "metrics.jsonl") if "test_accuracy" in r]
+    shown = [f"  {k}: {fmt(v)}" for k, v in config.items() if k != "options" and v is not None
+             and v != []]  # fmt: skip
+    lines = show_text(run).splitlines()
+    assert lines[:4] == [f"run older ({folder})", "state: finished", "", "config:"]
+    assert lines[4 : 4 + len(shown)] == shown and lines[4 + len(shown)] == ""
+    table = [line.split() for line in lines[5 + len(shown) :]]
+    assert table == [
+        ["epoch", "step", "train_loss", "test_loss", "test_accuracy", "test_top5", "time", "img/s"],
+        *[
+            [str(r["epoch"]), str(r["step"]), f"{r['epoch_train_loss']:.4g}",
+             f"{r['test_loss']:.4g}", f"{100 * r['test_accuracy']:.2f}%", "0.75", "-", "-"]
+            for r in epochs
+        ],
+    ]  # fmt: skip
+
+
+def test_show_text_says_why_a_run_stopped_crashed_or_has_no_epoch(
+    runs_dir: Path, tmp_path: Path
+) -> None:
+    from exptorch.runs import find_run, show_text
+
+    base = json.loads((runs_dir / "base" / "state.json").read_text())
+    edited_copy(
+        runs_dir,
+        tmp_path,
+        "stopped",
+        state={**base, "state": "stopped", "stop_reason": "no improvement in 3 epochs"},
+    )
+    edited_copy(runs_dir, tmp_path, "empty", keep=lambda r: "train_loss" in r and r)
+    crashed = find_run(runs_dir, "crashed")
+    pid = json.loads((runs_dir / "crashed" / "state.json").read_text())["pid"]
+    assert show_text(crashed).splitlines()[1] == (
+        f"state: crashed (state.json says running, but process {pid} is gone)"
+    )
+    stopped = show_text(find_run(tmp_path, "stopped")).splitlines()
+    assert stopped[1] == "state: stopped (no improvement in 3 epochs)"
+    assert show_text(find_run(tmp_path, "empty")).splitlines()[-1] == "no completed epoch"
+
+
+def test_a_run_of_an_older_exptorch_takes_its_results_from_metrics_jsonl(
+    runs_dir: Path, tmp_path: Path
+) -> None:
+    """state.json with only the state (no epoch, best or final), config.json without
+    plugin options: what show and compare print comes from the epochs' records."""
+    from exptorch.runs import compare, find_run, show_text
+
+    edited_copy(runs_dir, tmp_path, "old", state={"state": "finished"},
+                config=lambda config: config.pop("options"))  # fmt: skip
+    run = find_run(tmp_path, "old")
+    epochs = [r for r in read_metrics(tmp_path / "old" / "metrics.jsonl") if "test_accuracy" in r]
+    assert run.epochs_done == 2
+    assert run.best_accuracy == max(r["test_accuracy"] for r in epochs)
+    assert run.final == {k: epochs[-1][k] for k in ("test_accuracy", "test_loss",
+                                                    "epoch_train_loss")}  # fmt: skip
+    assert "no completed epoch" not in show_text(run)
+    assert compare([run, run])["rows"]["epochs"] == [2, 2]
+    # where state.json says how far the run got, that wins over the records
+    crashed = find_run(runs_dir, "crashed")
+    assert (crashed.epochs_done, len(crashed.epoch_records)) == (1, 2)
