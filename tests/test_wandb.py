@@ -491,7 +491,8 @@ def test_the_default_mode_is_online_with_exptorchs_settings(
         "exptorch", "w", logger.run_id, None,
     )  # fmt: skip
     folder = Path(logger.run.dir).parent
-    assert f"wandb: run {logger.run_id} (online) in {folder}" in caplog.text
+    said = [r.getMessage() for r in caplog.records if r.name == "exptorch.wandb"]
+    assert f"wandb: run {logger.run_id} (online) in {folder}" in said
     logger.finish("finished")
     assert "upload it with" not in capsys.readouterr().err  # online: nothing to upload
 
