@@ -119,11 +119,15 @@ def test_safetensors_files_are_safetensors_and_json(plugins, tmp_path: Path) -> 
     sidecar = json.loads((tmp_path / "epoch-001.safetensors.json").read_text())
     assert sidecar["epoch"] == 1 and sidecar["state"]["file"] == "epoch-001.safetensors.state"
     assert sidecar["meta"]["info"]["classes"][0] == "c0"
+    # both headers say what wrote them, for tools that read safetensors files alone
     with safe_open(path, "pt") as fh:
         assert "model.0.weight" in set(fh.keys())
+        assert fh.metadata() == {"format": "exptorch.safetensors", "epoch": "1"}
     with safe_open(tmp_path / sidecar["state"]["file"], "pt") as fh:
         assert "optimizer/state/0/momentum_buffer" in set(fh.keys())
         assert "extra/torch_rng_state" in set(fh.keys())
+        assert fh.metadata() == {"format": "exptorch.safetensors"}
+    assert (sidecar["format"], sidecar["format_version"]) == ("exptorch.safetensors", 1)
 
 
 def test_safetensors_sidecar_is_strict_json_and_keeps_nan(plugins, tmp_path: Path) -> None:
