@@ -188,6 +188,24 @@ def test_a_download_names_exptorch_and_gives_up_on_a_silent_server(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
 
 
+def test_a_server_that_does_not_announce_the_size_is_read_to_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Content-Length (an HTTP/1.0 reply that ends when the connection closes): the whole
+    body is the file, and there is no announced size to fall short of."""
+    from exptorch_plugins import _download
+
+    def do_get(self: http.server.BaseHTTPRequestHandler) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"y" * 70_000)
+        self.close_connection = True
+
+    with http_server(monkeypatch, do_get) as base:
+        path = _download.download(f"{base}/e.bin", tmp_path / "e.bin", md5=None)
+    assert path.read_bytes() == b"y" * 70_000
+
+
 def test_a_connection_reset_in_the_middle_of_a_download_is_one_sentence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
