@@ -186,3 +186,22 @@ def test_importing_exptorch_testing_is_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_make_plugins_names_a_module_by_its_last_part_and_an_object_by_its_class() -> None:
+    import types
+
+    def register_models(register: object) -> None:
+        register("from-module", lambda info, **_: torch.nn.Identity())  # type: ignore[operator]
+
+    module = types.ModuleType("my_package.extras")
+    module.register_models = hookimpl(register_models)  # type: ignore[attr-defined]
+
+    class Extras:
+        @hookimpl
+        def register_models(self, register: object) -> None:
+            register("from-object", lambda info, **_: torch.nn.Identity())  # type: ignore[operator]
+
+    plugins = make_plugins(module, Extras(), builtins=False, tiny_dataset=False)
+    assert plugins.get("model", "from-module").plugin == "extras"
+    assert plugins.get("model", "from-object").plugin == "Extras"
