@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -305,15 +305,8 @@ def compare_text(comparison: dict[str, Any]) -> str:
 
 
 def to_json(data: Any) -> str:
-    return dumps(data, indent=2, default=_default)
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    return str(value)
+    """What ``--json`` prints: every value comes from a run's JSON files or is a string."""
+    return dumps(data, indent=2)
 
 
 # -- the picture ---------------------------------------------------------------------------------
