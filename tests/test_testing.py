@@ -205,3 +205,36 @@ def test_make_plugins_names_a_module_by_its_last_part_and_an_object_by_its_class
     plugins = make_plugins(module, Extras(), builtins=False, tiny_dataset=False)
     assert plugins.get("model", "from-module").plugin == "extras"
     assert plugins.get("model", "from-object").plugin == "Extras"
+
+
+def test_resume_expt_takes_plugin_options_and_draws_no_progress_bar(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """As `expt run --resume RUN --epochs 2 --adamw-beta2 0.99`: a plugin's option is an
+    option like the others; and a test's output stays free of progress bars."""
+    from exptorch.testing import resume_expt
+
+    plugins = make_plugins()
+    run = run_expt(plugins, tmp_path / "runs", echo=lambda _: None, optimizer="adamw")
+    capfd.readouterr()
+    resume_expt(plugins, run, echo=lambda _: None, epochs=2, adamw_beta2=0.99)
+    assert "epoch 2/2" not in capfd.readouterr().err  # tqdm's bar would start so
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert (config["epochs"], config["options"]["adamw_beta2"]) == (2, 0.99)
+
+
+def test_tiny_splits_ignores_installed_third_party_plugins(tmp_path: Path, monkeypatch) -> None:
+    """It never imports another package's plugin: a broken or slow one someone else
+    installed cannot break or slow down a plugin author's tests."""
+    imported = tmp_path / "imported"
+    site = make_distribution(
+        tmp_path / "site",
+        "broken-plugins",
+        {"broken": "broken_plugin"},
+        {"broken_plugin": f"import pathlib\npathlib.Path({str(imported)!r}).touch()\n"
+                          "raise ImportError('this plugin is broken')"},
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(site))
+    splits = tiny_splits(16, 8)
+    assert (len(splits.train_labels), len(splits.test_labels)) == (16, 8)
+    assert not imported.exists()

@@ -695,7 +695,7 @@ def test_each_builtin_factory_defaults_to_the_options_documented_default() -> No
                 assert parameter.default == option.default, (registration.name, option.name)
     assert ("mixup", "mixup_alpha") in checked and ("cutmix", "cutmix_alpha") in checked
     images, labels = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
-    for name in ("mixup", "cutmix"):  # and what they do, not only what they declare
+    for name in ("crop-flip", "mixup", "cutmix"):  # and what they do, not only what they say
         registration = make_plugins().get("transform", name)
         defaults = {option.name: option.default for option in registration.options}
         plain = registration.factory(INFO)(images, labels, torch.Generator().manual_seed(3))
