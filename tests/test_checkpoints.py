@@ -128,6 +128,31 @@ def test_safetensors_files_are_safetensors_and_json(plugins, tmp_path: Path) -> 
         assert "extra/torch_rng_state" in set(fh.keys())
         assert fh.metadata() == {"format": "exptorch.safetensors"}
     assert (sidecar["format"], sidecar["format_version"]) == ("exptorch.safetensors", 1)
+    assert sidecar["weights"] == {
+        "file": path.name, "bytes": path.stat().st_size,
+        "order": list(trained_checkpoint().model_state),
+    }  # fmt: skip
+
+
+def test_safetensors_keeps_state_whose_keys_look_like_its_own_markers(
+    plugins, tmp_path: Path
+) -> None:
+    """A callback's state may use any string keys, "__tensor__" included: it comes back as
+    it was, not read as a reference to a tensor."""
+    original = trained_checkpoint()
+    original.extra["callback"] = {"__tensor__": "mine", "__float__": "nan", "x": [1.5]}
+    loaded = fmt(plugins, "safetensors").load(save(plugins, "safetensors", original, tmp_path))
+    assert loaded.extra["callback"] == {"__tensor__": "mine", "__float__": "nan", "x": [1.5]}
+
+
+def test_safetensors_names_the_value_it_cannot_store(plugins, tmp_path: Path) -> None:
+    import datetime
+
+    original = trained_checkpoint()
+    original.extra["callback"] = {"when": datetime.date(2026, 11, 30)}
+    with pytest.raises(TypeError) as error:
+        save(plugins, "safetensors", original, tmp_path)
+    assert str(error.value) == "extra/callback/when holds a date, which safetensors cannot store"
 
 
 def test_safetensors_sidecar_is_strict_json_and_keeps_nan(plugins, tmp_path: Path) -> None:
