@@ -703,3 +703,16 @@ def test_each_builtin_factory_defaults_to_the_options_documented_default() -> No
             images, labels, torch.Generator().manual_seed(3)
         )
         assert all(torch.equal(a, b) for a, b in zip(plain, given, strict=True)), name
+    model = QuickNet(1, 10)
+
+    def groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+        return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+    for name in ("sgd", "adamw", "adam"):
+        registration = make_plugins().get("optimizer", name)
+        defaults = {option.name: option.default for option in registration.options}
+        plain = registration.factory(model, lr=0.1, weight_decay=0.01)
+        given = registration.factory(model, lr=0.1, weight_decay=0.01, **defaults)
+        assert groups(plain) == groups(given), name
+    top5 = make_plugins().get("metric", "top5").factory
+    assert vars(top5(INFO)) == vars(top5(INFO, top5_k=5))
