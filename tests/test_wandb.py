@@ -588,3 +588,10 @@ def test_the_wandb_run_ends_with_the_runs_state_and_exit_code(
 def test_no_setting_from_the_environment_turns_code_saving_on(recorded, wandb_env) -> None:
     wandb_env.setenv("WANDB_SAVE_CODE", "true")
     assert recorded().run.init["settings"].save_code is False
+
+
+def test_why_wandb_failed_is_the_errors_name_and_first_line() -> None:
+    from exptorch_plugins.wandb import _first_line
+
+    assert _first_line(RuntimeError("  no api key\nsee the docs ")) == "RuntimeError: no api key"
+    assert _first_line(TimeoutError()) == "TimeoutError"  # nothing more to say
