@@ -194,7 +194,7 @@ def test_make_plugins_names_a_module_by_its_last_part_and_an_object_by_its_class
     def register_models(register: object) -> None:
         register("from-module", lambda info, **_: torch.nn.Identity())  # type: ignore[operator]
 
-    module = types.ModuleType("my_package.extras")
+    module = types.ModuleType("my_package.plugins.extras")
     module.register_models = hookimpl(register_models)  # type: ignore[attr-defined]
 
     class Extras:
@@ -238,3 +238,18 @@ def test_tiny_splits_ignores_installed_third_party_plugins(tmp_path: Path, monke
     splits = tiny_splits(16, 8)
     assert (len(splits.train_labels), len(splits.test_labels)) == (16, 8)
     assert not imported.exists()
+
+
+def test_run_config_takes_one_logger_name_and_names_unknown_options() -> None:
+    from exptorch.config import config_fields
+    from exptorch.testing import run_config
+
+    plugins = make_plugins()
+    one = run_config(plugins, Path("runs"), logger="tensorboard")
+    assert one.logger == ["tensorboard"]
+    with pytest.raises(TypeError) as error:
+        run_config(plugins, Path("runs"), epoch=2, bogus=1)
+    known = sorted({f.name for f in config_fields()} | {o.name for _, o in plugins.options()})
+    assert str(error.value) == (
+        f"unknown expt run option(s) bogus, epoch; known: {', '.join(known)}"
+    )
