@@ -383,6 +383,7 @@ def test_plot_draws_each_run_in_one_colour_with_its_losses_and_accuracies(
         assert (test.get_linestyle(), test.get_marker()) == ("--", "o")
         assert list(test.get_xdata()) == [r["step"] for r in epochs]
         assert list(test.get_ydata()) == [r["test_loss"] for r in epochs]
+        assert accuracy.get_marker() == "o" and accuracy.get_linestyle() == "-"
         assert list(accuracy.get_xdata()) == [r["epoch"] for r in epochs]
         assert list(accuracy.get_ydata()) == [100 * r["test_accuracy"] for r in epochs]
         colours = {to_hex(x.get_color()) for x in (line, test, accuracy)}
