@@ -204,3 +204,55 @@ def test_a_mutants_tests_get_the_signal_handlers_a_python_process_starts_with(
 
     assert outcome("exptorch.a.x_f__mutmut_1") == 0
     assert outcome("") == 1  # the clean run is not forked from the server: left as it is
+
+
+def test_what_a_module_fixture_calls_is_filed_under_every_test_that_uses_it(
+    tmp_path: Path,
+) -> None:
+    """A module-scoped fixture runs inside the first test that uses it; mutmut alone would
+    file what it calls under that test only, and never run a mutant of it against the others.
+    A stand-in for mutmut's state and its stats collector records what each test is filed
+    under."""
+    fake = tmp_path / "fake"
+    (fake / "mutmut").mkdir(parents=True)
+    (fake / "mutmut" / "__init__.py").write_text("")
+    (fake / "mutmut" / "state.py").write_text(
+        "class State:\n    _stats: set = set()\n\n_state = State()\n\n"
+        "def state():\n    return _state\n"
+    )
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "conftest.py").write_text(
+        "import json, pytest\n"
+        "from mutmut.state import state\n"
+        "FILED = {}\n"
+        "@pytest.hookimpl(trylast=True)\n"  # as mutmut's collector: after the plugin
+        "def pytest_runtest_teardown(item, nextitem):\n"
+        "    FILED[item.name] = sorted(state()._stats)\n"
+        "    state()._stats.clear()\n"
+        "def pytest_sessionfinish(session):\n"
+        "    (session.config.rootpath / 'filed.json').write_text(json.dumps(FILED))\n"
+    )
+    (tests / "test_fixture.py").write_text(
+        "import pytest\n"
+        "from mutmut.state import state\n"
+        "@pytest.fixture(scope='module')\n"
+        "def trained():\n"
+        "    state()._stats.add('exptorch.train.x_fit')\n"
+        "    return 1\n"
+        "def test_first(trained):\n"
+        "    state()._stats.add('exptorch.a.x_first')\n"
+        "def test_second(trained):\n"
+        "    pass\n"
+        "def test_without_it():\n"
+        "    pass\n"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{SITE}{os.pathsep}{fake}", MUTANT_UNDER_TEST="stats")
+    command = [sys.executable, "-m", "pytest", "-p", "mutation_hits", "-p", "no:cacheprovider"]
+    subprocess.run([*command, "-q", "tests"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    assert json.loads((tmp_path / "filed.json").read_text()) == {
+        "test_first": ["exptorch.a.x_first", "exptorch.train.x_fit"],
+        "test_second": ["exptorch.train.x_fit"],
+        "test_without_it": [],
+    }

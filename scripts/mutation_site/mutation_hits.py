@@ -1,5 +1,6 @@
 """pytest plugin for mutmut's test-collection run (see sitecustomize.py next to it): before
-mutmut files the functions a test called, add those the test's subprocesses called."""
+mutmut files the functions a test called, add those the test's subprocesses called, and those
+its module- and session-scoped fixtures called when they were set up (in an earlier test)."""
 
 from __future__ import annotations
 
@@ -25,15 +26,45 @@ def pytest_runtest_setup(item: Any) -> None:
         os.environ["EXPTORCH_MUTATION_HITS"] = str(hits)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_teardown(item: Any, nextitem: Any) -> None:
-    hits = os.environ.get("EXPTORCH_MUTATION_HITS")
-    if os.environ.get("MUTANT_UNDER_TEST") != "stats" or not hits:
+#: What each fixture broader than a test (by id of its definition) called while it was set up.
+FIXTURE_HITS: dict[int, set[str]] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: Any) -> Any:
+    """A module- or session-scoped fixture is set up once, inside the first test that uses it,
+    so mutmut files what it calls under that test only, and a mutant of a function only the
+    fixture calls is never run against the other tests that read its result (a false survivor).
+    Keep what the fixture called, its ``expt`` processes included, for every test using it."""
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats" or fixturedef.scope == "function":
+        yield
         return
     from mutmut.state import state
 
-    for path in Path(hits).glob("*.txt"):
-        state()._stats.update(path.read_text().split())
+    before = set(state()._stats)
+    yield
+    FIXTURE_HITS[id(fixturedef)] = (set(state()._stats) - before) | subprocess_hits()
+
+
+def subprocess_hits() -> set[str]:
+    """The functions the ``expt`` processes started in this test so far have called."""
+    hits = os.environ.get("EXPTORCH_MUTATION_HITS")
+    if not hits or not os.path.isdir(hits):
+        return set()
+    return {name for path in Path(hits).glob("*.txt") for name in path.read_text().split()}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: Any, nextitem: Any) -> None:
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
+        return
+    from mutmut.state import state
+
+    state()._stats.update(subprocess_hits())
+    fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    for definitions in fixtures.values():
+        for definition in definitions:
+            state()._stats.update(FIXTURE_HITS.get(id(definition), ()))
 
 
 # Ctrl-C 50 ms after start: mutmut's instrumentation (its trampoline module, imported by every
