@@ -173,3 +173,31 @@ def test_a_prediction_agrees_when_its_class_names_hold_colons() -> None:
 
     assert _agrees("pred: type:a\ntrue: type:a")
     assert not _agrees("pred: type:a\ntrue: type:b")
+
+
+def test_the_model_graph_is_written_once_however_often_it_is_asked_for(tmp_path: Path) -> None:
+    import torch
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from exptorch.types import RunContext
+    from exptorch_plugins.networks import QuickNet
+    from exptorch_plugins.tensorboard import TensorBoardLogger
+
+    config = RunConfig(dataset="fashion-mnist-sample", runs_dir=str(tmp_path), name="g")
+    logger = TensorBoardLogger(RunContext(run_dir=tmp_path, config=config))
+    model = QuickNet(1, 28, 28)
+    for _ in range(2):
+        logger.log_graph(model, torch.zeros(1, 1, 28, 28))
+    logger.finish("finished")
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    graphs = [e for e in EventFileLoader(str(events)).Load() if e.HasField("graph_def")]
+    assert len(graphs) == 1
+
+
+def test_nested_hyperparameters_are_named_with_dots_and_lists_joined() -> None:
+    from exptorch_plugins.tensorboard import _flatten
+
+    assert _flatten({"lr": 0.1, "options": {"sgd_nesterov": True, "gone": None},
+                     "metric": ["top5", "macro-f1"], "path": Path("/data")}) == {
+        "lr": 0.1, "options.sgd_nesterov": True, "metric": "top5,macro-f1", "path": "/data",
+    }  # fmt: skip
