@@ -259,14 +259,21 @@ def test_a_run_whose_state_was_never_written_is_unknown(tmp_path: Path) -> None:
         assert read_run(folder).state == "unknown", text
 
 
-def copied_from_another_machine(source: Path, into: Path, **config: Any) -> Path:
-    """The ``base`` run as a folder copied from elsewhere: its ``config.json`` keeps the
-    name, runs folder and whatever else ``config`` says that machine ran."""
-    folder = into / "copied"
-    shutil.copytree(source / "base", folder)
-    saved = json.loads((folder / "config.json").read_text())
-    saved["config"].update(config)
-    (folder / "config.json").write_text(json.dumps(saved))
+def edited_copy(runs_dir: Path, into: Path, name: str, state: dict[str, Any] | None = None,
+                keep: Any = None, config: Any = None) -> Path:  # fmt: skip
+    """A copy of ``base`` whose state.json is ``state``, whose metrics.jsonl keeps the records
+    ``keep`` returns, and whose config ``config`` edits."""
+    folder = into / name
+    shutil.copytree(runs_dir / "base", folder)
+    if state is not None:
+        (folder / "state.json").write_text(json.dumps(state))
+    if keep is not None:
+        records = [keep(r) for r in read_metrics(folder / "metrics.jsonl")]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records if r))
+    if config is not None:
+        saved = json.loads((folder / "config.json").read_text())
+        config(saved["config"])
+        (folder / "config.json").write_text(json.dumps(saved))
     return folder
 
 
@@ -276,10 +283,10 @@ def test_compare_rows_are_state_model_dataset_what_differs_then_results(
     """Rows in order: state, model, dataset, the config keys that differ (never the run's
     name or runs folder, nor model and dataset twice), epochs, best accuracy, final metrics;
     the text shows accuracies as percentages and the rest as numbers."""
-    other = copied_from_another_machine(
-        runs_dir, tmp_path / "elsewhere", name="copied", runs_dir="/elsewhere",
-        model="vgg16", dataset="cifar10", lr=0.1,
-    )  # fmt: skip
+    # a run folder copied from another machine, given by its path
+    other = edited_copy(runs_dir, tmp_path / "elsewhere", "copied", config=lambda c: c.update(
+        name="copied", runs_dir="/elsewhere", model="vgg16", dataset="cifar10", lr=0.1,
+    ))  # fmt: skip
     args = ("runs", "compare", "base", str(other), "--runs-dir", str(runs_dir))
     out = json.loads(expt(*args, "--json", check=True).stdout)
     base = json.loads((runs_dir / "base" / "state.json").read_text())
@@ -315,8 +322,9 @@ def test_compare_rows_are_state_model_dataset_what_differs_then_results(
 def test_list_table_rows_hold_each_runs_model_dataset_epochs_accuracy_and_state(
     expt, runs_dir: Path, tmp_path: Path
 ) -> None:
-    other = copied_from_another_machine(runs_dir, tmp_path / "runs", model="vgg16",
-                                        dataset="cifar10", epochs=5)  # fmt: skip
+    other = edited_copy(runs_dir, tmp_path / "runs", "copied", config=lambda c: c.update(
+        model="vgg16", dataset="cifar10", epochs=5,
+    ))  # fmt: skip
     base = json.loads((other / "state.json").read_text())
     text = expt("runs", "list", "--runs-dir", str(other.parent), check=True).stdout
     assert [line.split() for line in text.splitlines()] == [
@@ -458,16 +466,10 @@ def test_a_runs_colour_is_its_place_in_the_plot_whatever_lines_the_others_have(
 
     from exptorch.runs import find_run, plot
 
-    def keeping(name: str, keep: str) -> Path:
-        folder = tmp_path / "runs" / name
-        shutil.copytree(runs_dir / "base", folder)
-        records = read_metrics(folder / "metrics.jsonl")
-        lines = [json.dumps(r) + "\n" for r in records if keep in r]
-        (folder / "metrics.jsonl").write_text("".join(lines))
-        return folder
-
-    keeping("first-epoch", keep="train_loss")
-    keeping("tests-only", keep="test_accuracy")
+    edited_copy(runs_dir, tmp_path / "runs", "first-epoch", keep=lambda r: "train_loss" in r and r)
+    edited_copy(
+        runs_dir, tmp_path / "runs", "tests-only", keep=lambda r: "test_accuracy" in r and r
+    )
     for order in (("tests-only", "first-epoch"), ("first-epoch", "tests-only")):
         drawn.clear()
         plot([find_run(tmp_path / "runs", name) for name in order], tmp_path / "p.png")
@@ -481,24 +483,6 @@ def test_a_runs_colour_is_its_place_in_the_plot_whatever_lines_the_others_have(
             "tests-only test": to_hex(f"C{order.index('tests-only')}"),
             "tests-only": to_hex(f"C{order.index('tests-only')}"),
         }
-
-
-def edited_copy(runs_dir: Path, into: Path, name: str, state: dict[str, Any] | None = None,
-                keep: Any = None, config: Any = None) -> Path:  # fmt: skip
-    """A copy of ``base`` whose state.json is ``state``, whose metrics.jsonl keeps the records
-    ``keep`` returns, and whose config ``config`` edits."""
-    folder = into / name
-    shutil.copytree(runs_dir / "base", folder)
-    if state is not None:
-        (folder / "state.json").write_text(json.dumps(state))
-    if keep is not None:
-        records = [keep(r) for r in read_metrics(folder / "metrics.jsonl")]
-        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records if r))
-    if config is not None:
-        saved = json.loads((folder / "config.json").read_text())
-        config(saved["config"])
-        (folder / "config.json").write_text(json.dumps(saved))
-    return folder
 
 
 def test_show_text_reads_as_documented(runs_dir: Path, tmp_path: Path) -> None:
