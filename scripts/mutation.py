@@ -213,22 +213,33 @@ def print_scores(by_module: dict[str, Counter[str]]) -> None:
         print(score_row("all of the above", total))
 
 
-def run_mutmut(mutmut: str, names: list[str], max_children: int, env: dict[str, str]) -> int:
+NO_SUCH_MUTANT = "exptorch.no_mutant_has_this_name"
+
+
+def run_mutmut(
+    mutmut: str, names: list[str], max_children: int, env: dict[str, str], *, stop: bool = False
+) -> int:
+    """``mutmut run`` on the mutants ``names``. With ``stop``, the run is expected to end, after
+    generating mutants and collecting which tests call what, with mutmut's assertion that no
+    mutant matches: that traceback is not shown, any other error is."""
     command = [mutmut, "run", "--max-children", str(max_children), *names]
     failures = WORKSPACE / "clean-run-failures.txt"
     failures.unlink(missing_ok=True)
     (WORKSPACE / "kills.txt").unlink(missing_ok=True)  # which test killed each mutant, this run
-    code = subprocess.run(command, cwd=WORKSPACE, env=env).returncode
+    errors = subprocess.PIPE if stop else None
+    result = subprocess.run(command, cwd=WORKSPACE, env=env, stderr=errors, text=True)
+    if stop and "nothing matches" not in (result.stderr or ""):
+        sys.stderr.write(result.stderr or "")
     if failures.is_file():
         print(f"Tests failed without any mutant (see {failures}):")
         print(failures.read_text())
-    return code
+    return result.returncode
 
 
 def generate(mutmut: str, max_children: int, env: dict[str, str]) -> None:
     """Generate every mutant (those of changed functions start over) and collect which tests
     call what, without checking any: mutmut stops there, as no mutant has the name given."""
-    run_mutmut(mutmut, ["exptorch.no_mutant_has_this_name"], max_children, env)
+    run_mutmut(mutmut, [NO_SUCH_MUTANT], max_children, env, stop=True)
 
 
 def run_sample(

@@ -109,7 +109,7 @@ def test_a_module_run_checks_only_mutants_without_a_verdict_or_that_survived(
                "exptorch.a.x_f__mutmut_4": None, "exptorch.a.x_f__mutmut_5": 33})  # fmt: skip
     write_meta(mutation.WORKSPACE, "exptorch.b", {"exptorch.b.x_g__mutmut_1": 0})
     runs: list[list[str]] = []
-    monkeypatch.setattr(mutation, "run_mutmut", lambda _m, names, _c, _e: runs.append(names))
+    monkeypatch.setattr(mutation, "run_mutmut", lambda _m, names, _c, _e, **_: runs.append(names))
     todo = mutation.unsettled(["exptorch.a.*"], "mutmut", 2, {})
     assert todo == [
         "exptorch.a.x_f__mutmut_3",
@@ -256,3 +256,28 @@ def test_what_a_module_fixture_calls_is_filed_under_every_test_that_uses_it(
         "test_second": ["exptorch.train.x_fit"],
         "test_without_it": [],
     }
+
+
+def test_generating_mutants_shows_no_traceback_for_mutmuts_expected_stop(
+    mutation: ModuleType, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """mutmut ends a run on a name no mutant has with an AssertionError, after generating
+    the mutants and collecting which tests call what: that is how the script asks for just
+    those two, so the traceback is not shown; another failure's is."""
+    fake = tmp_path / "mutmut"
+
+    def mutmut_ending_with(message: str) -> None:
+        fake.write_text(
+            f"#!{sys.executable}\nimport sys\nprint('Generating mutants')\n"
+            f"sys.stderr.write('Traceback ...\\nAssertionError: {message}\\n')\nsys.exit(1)\n"
+        )
+        fake.chmod(0o755)
+
+    mutation.WORKSPACE.mkdir(parents=True, exist_ok=True)
+    mutmut_ending_with("Filtered for specific mutants, but nothing matches")
+    mutation.generate(str(fake), 2, dict(os.environ))
+    shown = capfd.readouterr()
+    assert "Generating mutants" in shown.out and "Traceback" not in shown.err
+    mutmut_ending_with("stats collection failed")
+    mutation.generate(str(fake), 2, dict(os.environ))
+    assert "AssertionError: stats collection failed" in capfd.readouterr().err
