@@ -207,7 +207,7 @@ def test_make_plugins_names_a_module_by_its_last_part_and_an_object_by_its_class
     assert plugins.get("model", "from-object").plugin == "Extras"
 
 
-def test_resume_expt_takes_plugin_options_and_draws_no_progress_bar(
+def test_resume_expt_takes_plugin_options_and_neither_draws_a_progress_bar(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """As `expt run --resume RUN --epochs 2 --adamw-beta2 0.99`: a plugin's option is an
@@ -216,7 +216,7 @@ def test_resume_expt_takes_plugin_options_and_draws_no_progress_bar(
 
     plugins = make_plugins()
     run = run_expt(plugins, tmp_path / "runs", echo=lambda _: None, optimizer="adamw")
-    capfd.readouterr()
+    assert "epoch 1/1" not in capfd.readouterr().err
     resume_expt(plugins, run, echo=lambda _: None, epochs=2, adamw_beta2=0.99)
     assert "epoch 2/2" not in capfd.readouterr().err  # tqdm's bar would start so
     config = json.loads((run / "config.json").read_text())["config"]
