@@ -201,3 +201,29 @@ def test_nested_hyperparameters_are_named_with_dots_and_lists_joined() -> None:
                      "metric": ["top5", "macro-f1"], "path": Path("/data")}) == {
         "lr": 0.1, "options.sgd_nesterov": True, "metric": "top5,macro-f1", "path": "/data",
     }  # fmt: skip
+
+
+def test_the_prediction_grid_shows_each_image_pixel_for_pixel_on_a_dark_canvas() -> None:
+    """A 2x2 image becomes a 108-pixel tile of four blocks (nearest-neighbour, values clamped
+    to 0..1 and scaled to 0..255) at (2, 2) in its 112-pixel cell, on a (24, 24, 24) canvas;
+    one image makes a one-column grid."""
+    import torch
+
+    from exptorch_plugins.tensorboard import TILE, captioned_grid
+
+    image = torch.tensor([[[-0.5, 0.5], [1.0, 2.0]]]).expand(3, 2, 2)  # grey, channels first
+    (one,) = [captioned_grid(image[None], ["pred: a\ntrue: a"])]
+    assert one.shape[1] == TILE and one.dtype.name == "uint8"
+    assert one[0, 0].tolist() == [24, 24, 24] and one[1, 1].tolist() == [24, 24, 24]
+    half = (TILE - 4) // 2  # each source pixel covers a half-tile block
+    blocks = [one[2 + r * half + half // 2, 2 + c * half + half // 2, 0] for r in (0, 1)
+              for c in (0, 1)]  # fmt: skip
+    assert blocks == [0, 128, 255, 255]
+    tile = one[2 : TILE - 2, 2 : TILE - 2, 0]
+    assert set(tile.flatten().tolist()) == {0, 128, 255}  # no blending between blocks
+    assert one[TILE - 2, 2].tolist() == [24, 24, 24]  # the tile ends 2 pixels short of the cell
+    two = captioned_grid(image[None].expand(2, 3, 2, 2), ["a", "b"])
+    gap = two[TILE // 2, TILE - 2 : TILE + 2]  # the first tile's right edge, the second's left
+    assert gap.tolist() == [[24, 24, 24]] * 4
+    with pytest.raises(ValueError):  # a caption per image
+        captioned_grid(image[None].expand(2, 3, 2, 2), ["only one"])
