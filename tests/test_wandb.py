@@ -482,13 +482,15 @@ def recorded(wandb_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 def test_the_default_mode_is_online_with_exptorchs_settings(
     recorded, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from exptorch_plugins.wandb import DEFAULT_PROJECT, DEFAULT_TIMEOUT
+
     caplog.set_level("INFO", logger="exptorch.wandb")
     logger = recorded()
     init = logger.run.init
     assert init["mode"] == "online" and not logger.offline
-    assert init["settings"].init_timeout == 15.0 and init["settings"].console == "off"
+    assert init["settings"].init_timeout == DEFAULT_TIMEOUT and init["settings"].console == "off"
     assert (init["project"], init["name"], init["id"], init["resume"]) == (
-        "exptorch", "w", logger.run_id, None,
+        DEFAULT_PROJECT, "w", logger.run_id, None,
     )  # fmt: skip
     folder = Path(logger.run.dir).parent
     said = [r.getMessage() for r in caplog.records if r.name == "exptorch.wandb"]
@@ -536,12 +538,13 @@ def test_a_refused_online_start_falls_back_offline_saying_why(
 
 
 def test_a_resumed_run_continues_its_wandb_run_and_steps(recorded, tmp_path: Path) -> None:
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "wandb.json").write_text('{"id": "abcd1234", "last_step": 9}')
-    fresh = recorded()  # a new run never reads the file
+    state = tmp_path / "run" / "wandb.json"
+    state.parent.mkdir()
+    state.write_text('{"id": "abcd1234", "last_step": 9}')
+    fresh = recorded()  # a new run never reads the file, and writes its own
     assert fresh.run_id != "abcd1234" and (fresh.floor, fresh.run.init["resume"]) == (0, None)
     fresh.finish("finished")
-    (tmp_path / "run" / "wandb.json").write_text('{"id": "abcd1234", "last_step": 9}')
+    state.write_text('{"id": "abcd1234", "last_step": 9}')
     logger = recorded(resumed=True)
     assert (logger.run.init["id"], logger.run.init["resume"]) == ("abcd1234", "allow")
     logger.log_metrics({"loss": 1.0}, step=4)  # W&B drops a step below its last: 10 then
@@ -588,10 +591,3 @@ def test_the_wandb_run_ends_with_the_runs_state_and_exit_code(
 def test_no_setting_from_the_environment_turns_code_saving_on(recorded, wandb_env) -> None:
     wandb_env.setenv("WANDB_SAVE_CODE", "true")
     assert recorded().run.init["settings"].save_code is False
-
-
-def test_why_wandb_failed_is_the_errors_name_and_first_line() -> None:
-    from exptorch_plugins.wandb import _first_line
-
-    assert _first_line(RuntimeError("  no api key\nsee the docs ")) == "RuntimeError: no api key"
-    assert _first_line(TimeoutError()) == "TimeoutError"  # nothing more to say

@@ -103,6 +103,7 @@ class WandbLogger(Logger):
     ) -> None:
         import wandb
 
+        from exptorch.errors import describe
         from exptorch.secrets import redact
 
         self.wandb = wandb
@@ -143,7 +144,7 @@ class WandbLogger(Logger):
                 try:
                     self.run = wandb.init(mode="online", settings=self._settings(timeout), **init)
                 except Exception as exc:  # no API key, refused, timed out, ...
-                    problem = _first_line(exc)
+                    problem = describe(exc)
                     wandb.teardown()  # frees the run id for the offline run below
             if problem is not None:
                 self.run = wandb.init(mode="offline", settings=self._settings(timeout), **init)
@@ -319,11 +320,6 @@ def _unreachable(url: str, timeout: float) -> str | None:
     thread.start()
     thread.join(timeout)
     return result[0] if result else f"{host}:{port}: no answer in {timeout:g}s"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 @hookimpl
