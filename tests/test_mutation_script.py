@@ -123,11 +123,13 @@ SITE = SCRIPT.parent / "mutation_site"
 
 
 def pytest_with_the_plugin(
-    folder: Path, mutant: str, *args: str, **kwargs
+    folder: Path, mutant: str, *args: str, path: tuple[Path, ...] = (), **kwargs
 ) -> subprocess.CompletedProcess[str]:
-    """pytest in ``folder`` with scripts/mutation_site's plugin, as mutmut runs it for
-    ``mutant`` ("" is the clean run)."""
-    env = dict(os.environ, PYTHONPATH=str(SITE), MUTANT_UNDER_TEST=mutant)
+    """pytest in ``folder`` with scripts/mutation_site's plugin (and ``path`` after it on
+    ``PYTHONPATH``), as mutmut runs it for ``mutant`` ("" is the clean run, "stats" its
+    collection of which tests call what)."""
+    pythonpath = os.pathsep.join(str(p) for p in (SITE, *path))
+    env = dict(os.environ, PYTHONPATH=pythonpath, MUTANT_UNDER_TEST=mutant)
     command = [sys.executable, "-m", "pytest", "-p", "mutation_hits", "-p", "no:cacheprovider"]
     return subprocess.run(
         [*command, *args, "tests"], cwd=folder, env=env, capture_output=True, text=True, **kwargs
@@ -247,10 +249,7 @@ def test_what_a_module_fixture_calls_is_filed_under_every_test_that_uses_it(
         "def test_without_it():\n"
         "    pass\n"
     )
-    env = dict(os.environ, PYTHONPATH=f"{SITE}{os.pathsep}{fake}", MUTANT_UNDER_TEST="stats")
-    command = [sys.executable, "-m", "pytest", "-p", "mutation_hits", "-p", "no:cacheprovider"]
-    subprocess.run([*command, "-q", "tests"], cwd=tmp_path, env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    pytest_with_the_plugin(tmp_path, "stats", "-q", path=(fake,), check=True)
     assert json.loads((tmp_path / "filed.json").read_text()) == {
         "test_first": ["exptorch.a.x_first", "exptorch.train.x_fit"],
         "test_second": ["exptorch.train.x_fit"],

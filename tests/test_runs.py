@@ -442,15 +442,14 @@ def test_a_running_run_is_told_by_its_lock_and_an_older_one_by_its_pid(
     from exptorch.rundir import LOCK_NAME
     from exptorch.runs import read_run
 
+    base = json.loads((runs_dir / "base" / "state.json").read_text())
+
     def running_folder(name: str, lock: bool) -> Path:
-        folder = tmp_path / name
-        shutil.copytree(runs_dir / "base", folder)
+        folder = edited_copy(runs_dir, tmp_path, name,
+                             state={**base, "state": "running", "pid": os.getpid()})  # fmt: skip
         (folder / LOCK_NAME).unlink(missing_ok=True)
         if lock:
             (folder / LOCK_NAME).touch()
-        state = json.loads((folder / "state.json").read_text())
-        state.update(state="running", pid=os.getpid())
-        (folder / "state.json").write_text(json.dumps(state))
         return folder
 
     assert read_run(running_folder("free-lock", lock=True)).state == "crashed"

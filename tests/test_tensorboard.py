@@ -212,7 +212,7 @@ def test_the_prediction_grid_shows_each_image_pixel_for_pixel_on_a_dark_canvas()
     from exptorch_plugins.tensorboard import TILE, captioned_grid
 
     image = torch.tensor([[[-0.5, 0.5], [1.0, 2.0]]]).expand(3, 2, 2)  # grey, channels first
-    (one,) = [captioned_grid(image[None], ["pred: a\ntrue: a"])]
+    one = captioned_grid(image[None], ["pred: a\ntrue: a"])
     assert one.shape[1] == TILE and one.dtype.name == "uint8"
     assert one[0, 0].tolist() == [24, 24, 24] and one[1, 1].tolist() == [24, 24, 24]
     half = (TILE - 4) // 2  # each source pixel covers a half-tile block
