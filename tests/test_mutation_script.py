@@ -280,3 +280,27 @@ def test_generating_mutants_shows_no_traceback_for_mutmuts_expected_stop(
     mutmut_ending_with("stats collection failed")
     mutation.generate(str(fake), 2, dict(os.environ))
     assert "AssertionError: stats collection failed" in capfd.readouterr().err
+
+
+def test_type_check_records_mypys_verdict_only_on_unchecked_mutants_of_the_modules_asked(
+    mutation: ModuleType, tmp_path: Path
+) -> None:
+    write_meta(tmp_path, "exptorch.a", {"exptorch.a.x_f__mutmut_1": None,
+                                        "exptorch.a.x_f__mutmut_2": 0,
+                                        "exptorch.a.x_f__mutmut_3": None})  # fmt: skip
+    write_meta(tmp_path, "exptorch.b", {"exptorch.b.x_g__mutmut_1": None})
+    rejected = {
+        "exptorch.a.x_f__mutmut_1": "Incompatible return value",
+        "exptorch.a.x_f__mutmut_2": "an earlier run's verdict stands",
+        "exptorch.b.x_g__mutmut_1": "a module not asked for",
+    }
+    assert mutation.record_type_errors([mutation.module_glob("exptorch.a")], rejected) == 1
+    meta = json.loads((tmp_path / "mutants/exptorch/a.py.meta").read_text())
+    assert list(meta["exit_code_by_key"].values()) == [37, 0, None]
+    assert meta["type_check_error_by_key"] == {
+        "exptorch.a.x_f__mutmut_1": "Incompatible return value"
+    }
+    assert mutation.verdicts()["exptorch.b.x_g__mutmut_1"] is None
+    assert mutation.record_type_errors([], rejected) == 1  # no module named: all of them
+    assert mutation.verdicts()["exptorch.b.x_g__mutmut_1"] == 37
+    assert not list(tmp_path.glob("mutants/**/*.partial"))
