@@ -610,3 +610,137 @@ def test_the_state_dict_format_reads_its_own_payload_only(tmp_path: Path) -> Non
     old = fmt.load(tmp_path / "old.pt")
     assert (old.epoch, old.step, old.config, old.meta) == (2, 0, {}, {})
     assert old.model_state is not None and torch.equal(old.model_state["w"], torch.ones(2))
+
+
+# -- rebuilding the model a checkpoint names ---------------------------------------------------
+
+
+class Widths:
+    """A model plugin with an architecture option and an initial-weights option."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    @hookimpl
+    def register_models(self, register):
+        from exptorch import Option
+
+        def build(info, **options):
+            self.calls.append(options)
+            return torch.nn.Linear(4, options["width"])
+
+        register("widths", build, options=[
+            Option("width", default=2, type=int, help="outputs"),
+            Option("depth", default=1, type=int, help="unused"),
+            Option("start_from", default=None, help="weights", initial_weights=True),
+        ])  # fmt: skip
+
+
+def widths_checkpoint(width: int, **meta: object) -> Checkpoint:
+    state = torch.nn.Linear(4, width).state_dict()
+    meta = {"model": "widths", "info": INFO.to_dict(), **meta}
+    return Checkpoint(model_state=state, epoch=1, step=1, config={}, meta=meta)
+
+
+def test_the_model_is_rebuilt_with_its_recorded_options_but_not_its_starting_weights(
+    make_plugins,
+) -> None:
+    widths = Widths()
+    plugins = make_plugins(("widths", widths))
+    recorded = {"width": 3, "start_from": "/elsewhere/imagenet.pth"}
+    model = build_model(plugins, widths_checkpoint(3, model_options=recorded))
+    assert widths.calls == [{"width": 3, "depth": 1, "start_from": None}]
+    assert model.out_features == 3 and not model.training
+    build_model(plugins, widths_checkpoint(2))  # a checkpoint that recorded no options
+    assert widths.calls[-1] == {"width": 2, "depth": 1, "start_from": None}
+
+
+def test_prediction_uses_the_weights_the_run_evaluated_with(make_plugins) -> None:
+    plugins = make_plugins(("widths", Widths()))
+    checkpoint = widths_checkpoint(2)
+    evaluated = {k: torch.full_like(v, 0.25) for k, v in checkpoint.model_state.items()}
+    checkpoint.extra["eval_model_state"] = evaluated  # e.g. an EMA of the trained weights
+    model = build_model(plugins, checkpoint)
+    assert all(torch.equal(v, evaluated[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("missing", ["model", "info"])
+def test_a_checkpoint_that_does_not_name_its_model_is_one_sentence(make_plugins, missing) -> None:
+    checkpoint = widths_checkpoint(2)
+    del checkpoint.meta[missing]
+    with pytest.raises(ExptError) as info:
+        build_model(make_plugins(("widths", Widths())), checkpoint)
+    assert str(info.value) == (
+        "The checkpoint does not say which model it holds (no model in its meta)."
+    )
+
+
+def test_a_checkpoint_with_bad_dataset_info_is_one_sentence(make_plugins) -> None:
+    checkpoint = widths_checkpoint(2, info={"channels": 1})
+    with pytest.raises(ExptError, match=r"^The checkpoint has bad metadata: .+\.$"):
+        build_model(make_plugins(("widths", Widths())), checkpoint)
+
+
+def test_what_did_not_fit_is_the_line_that_says_so() -> None:
+    from exptorch.checkpoint import fit_error
+
+    torch_says = 'Error(s) in loading state_dict for Linear:\n\tMissing key(s): "bias".\n\tmore'
+    assert fit_error(RuntimeError(torch_says)) == 'Missing key(s): "bias"'
+    assert fit_error(RuntimeError("shapes differ.\nsecond line")) == "shapes differ"
+    assert fit_error(RuntimeError("only line:")) == "only line:"
+    assert fit_error(RuntimeError()) == "RuntimeError"
+    assert fit_error(RuntimeError("x" * 300)) == "x" * 300
+    assert fit_error(RuntimeError("y" * 301)) == "y" * 297 + "..."
+
+
+# -- weights that are not finite ---------------------------------------------------------------
+
+
+def test_weights_with_nan_are_refused_from_the_state_or_the_module(tmp_path: Path) -> None:
+    from exptorch.checkpoint import check_finite
+
+    checkpoint = widths_checkpoint(2)
+    checkpoint.model_state["step"] = torch.tensor(3)  # integers are not checked
+    check_finite(checkpoint, tmp_path / "ok.pt")
+    checkpoint.model_state["bias"] = torch.tensor([0.0, math.nan])
+    with pytest.raises(ExptError, match=r"\(bias has nan or inf\): the run diverged"):
+        check_finite(checkpoint, tmp_path / "nan.pt")
+    module = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        module.weight[0, 0] = math.inf
+    full = Checkpoint(model_state={}, epoch=1, step=1, config={}, meta={}, module=module)
+    with pytest.raises(ExptError, match=r"\(weight has nan or inf\)"):
+        check_finite(full, tmp_path / "full.pt")
+
+
+# -- a save that fails: a full disk is named as one -------------------------------------------
+
+
+class Failing:
+    suffix = ".pt"
+
+    def save(self, checkpoint: Checkpoint, path: Path) -> None:
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+
+@pytest.mark.parametrize(
+    ("free", "full"), [(2**20 - 1, True), (2**20, False), (3 * 2**20, False), (None, False)]
+)
+def test_a_failed_save_is_a_full_disk_only_under_one_mebibyte_free(
+    tmp_path: Path, monkeypatch, free: int | None, full: bool
+) -> None:
+    import os
+    from types import SimpleNamespace
+
+    def statvfs(folder):
+        if free is None:
+            raise OSError("statvfs is not supported here")
+        return SimpleNamespace(f_bavail=free // 512, f_frsize=512)
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    expected = OSError if full else RuntimeError
+    with pytest.raises(expected) as info:
+        save_checkpoint(Failing(), trained_checkpoint(), tmp_path / "epoch-001.pt")
+    if full:
+        assert info.value.errno == 28 and info.value.filename == str(tmp_path / "epoch-001.pt")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
