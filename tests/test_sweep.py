@@ -792,3 +792,33 @@ def test_trial_whose_run_ended_before_its_process_died_is_told_not_trained_again
     assert (tmp_path / "d/trial-0000/metrics.jsonl").read_text() == metrics
     last = json.loads(metrics.splitlines()[-1])
     assert sweep.study.best_value == pytest.approx(last["test_accuracy"])
+
+
+def test_a_grid_over_a_stepped_uniform_range_takes_each_step_up_to_the_end(
+    tmp_path: Path, plugins
+) -> None:
+    # (0.7 - 0.1) / 0.2 is 2.9999999999999996 in floating point: the end is still a point
+    params = "momentum = { uniform = [0.1, 0.7], step = 0.2 }"
+    spec = read_sweep(write_sweep(tmp_path, 'sampler = "grid"', params), plugins)
+    assert spec.grid == [{"momentum": m} for m in (0.1, 0.3, 0.5, 0.7)]
+    params = "momentum = { uniform = [0.0, 0.9], step = 0.3 }"
+    spec = read_sweep(write_sweep(tmp_path, 'sampler = "grid"', params), plugins)
+    assert spec.grid == [{"momentum": m} for m in (0.0, 0.3, 0.6, 0.9)]  # 0.3, not 0.3000...04
+
+
+@pytest.mark.parametrize(
+    ("timeout", "seconds"),
+    [('"1h30m15s"', 5415.0), ('"2h"', 7200.0), ('"45m"', 2700.0), ('"1s"', 1.0), ("90", 90.0)],
+)
+def test_timeout_spellings(tmp_path: Path, plugins, timeout: str, seconds: float) -> None:
+    path = write_sweep(tmp_path, f'timeout = {timeout}\nsampler = "random"')
+    assert read_sweep(path, plugins).timeout == seconds
+
+
+@pytest.mark.parametrize("timeout", ['"0s"', "0", "-5", '"1d"', "true", "inf"])
+def test_a_timeout_that_is_not_a_positive_duration_is_refused(
+    tmp_path: Path, plugins, timeout: str
+) -> None:
+    path = write_sweep(tmp_path, f'timeout = {timeout}\nsampler = "random"')
+    with pytest.raises(ExptError, match="timeout must be a positive duration"):
+        read_sweep(path, plugins)
