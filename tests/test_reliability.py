@@ -473,6 +473,9 @@ def test_the_resume_hint_names_expt_as_it_was_run(monkeypatch) -> None:
     assert expt_command() == str(script)  # a venv that was not activated
     monkeypatch.setenv("PATH", str(script.parent))
     assert expt_command() == "expt"
+    gone = str(script.parent / "missing" / "expt")  # another expt, removed since: not PATH's
+    monkeypatch.setattr(sys, "argv", [gone, "run"])
+    assert expt_command() == gone
     main = Path(__file__).parents[1] / "framework" / "exptorch" / "__main__.py"
     monkeypatch.setattr(sys, "argv", [str(main), "run"])
     assert expt_command() == "python -m exptorch"  # this python is first on PATH now
