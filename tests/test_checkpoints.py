@@ -701,6 +701,7 @@ def test_weights_with_nan_are_refused_from_the_state_or_the_module(tmp_path: Pat
 
     checkpoint = widths_checkpoint(2)
     checkpoint.model_state["step"] = torch.tensor(3)  # integers are not checked
+    checkpoint.model_state["_extra_state"] = {"version": 2}  # nor a module's extra state
     check_finite(checkpoint, tmp_path / "ok.pt")
     checkpoint.model_state["bias"] = torch.tensor([0.0, math.nan])
     with pytest.raises(ExptError, match=r"\(bias has nan or inf\): the run diverged"):

@@ -822,3 +822,31 @@ def test_a_timeout_that_is_not_a_positive_duration_is_refused(
     path = write_sweep(tmp_path, f'timeout = {timeout}\nsampler = "random"')
     with pytest.raises(ExptError, match="timeout must be a positive duration"):
         read_sweep(path, plugins)
+
+
+def test_workers_split_the_cpus_this_process_may_use_and_get_their_devices(monkeypatch) -> None:
+    from exptorch.sweep import STORAGE_ENV, Session, launch_workers
+
+    started: list[tuple[list[str], dict[str, str]]] = []
+
+    class Worker:
+        def __init__(self, cmd, env, start_new_session):
+            assert start_new_session  # a Ctrl-C reaches the parent, which passes it on once
+            started.append((cmd, env))
+
+        def wait(self) -> int:
+            return len(started) - 1  # the second worker fails
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine's, not this process's share
+    monkeypatch.setattr(subprocess, "Popen", Worker)
+    session = Session(id="abc", start=1.5)
+    code = launch_workers(["sweep", "run", "s.toml"], workers=2, url="sqlite:///x.db",
+                          session=session, devices=["cuda:0", None])  # fmt: skip
+    assert code == 1
+    tail = ["--threads", "4", "--session", "abc:1.5"]
+    assert [cmd[3:] for cmd, _ in started] == [
+        ["sweep", "run", "s.toml", "--worker", "0", *tail, "--device", "cuda:0"],
+        ["sweep", "run", "s.toml", "--worker", "1", *tail],
+    ]
+    assert all(env[STORAGE_ENV] == "sqlite:///x.db" for _, env in started)
