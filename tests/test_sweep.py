@@ -850,3 +850,34 @@ def test_workers_split_the_cpus_this_process_may_use_and_get_their_devices(monke
         ["sweep", "run", "s.toml", "--worker", "1", *tail],
     ]
     assert all(env[STORAGE_ENV] == "sqlite:///x.db" for _, env in started)
+
+
+def test_a_folder_that_is_not_a_sweeps_is_refused_unless_it_holds_only_a_new_database(
+    tmp_path: Path, plugins
+) -> None:
+    spec = read_sweep(write_sweep(tmp_path), plugins)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my notes\n")
+    with pytest.raises(ExptError, match=r"mine exists and is not a sweep folder; choose another"):
+        open_sweep(spec, name="mine", runs_dir=tmp_path, storage=None, epochs=1)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    (tmp_path / "new").mkdir()  # another process is creating this sweep's database
+    (tmp_path / "new" / "sweep.db-journal").write_bytes(b"")
+    open_sweep(spec, name="new", runs_dir=tmp_path, storage=None, epochs=1)
+
+
+def test_a_trial_never_writes_into_a_folder_that_is_already_there(tmp_path: Path, plugins) -> None:
+    from exptorch.sweep import RUN_ATTR, work
+
+    path = write_sweep(tmp_path, 'trials = 1\nsampler = "random"\nseed = 0')
+    sweep = open_sweep(read_sweep(path, plugins), name="k", runs_dir=tmp_path, storage=None,
+                       epochs=1)  # fmt: skip
+    for taken in ("trial-0000", "trial-0000-2"):
+        (tmp_path / "k" / taken).mkdir()
+        (tmp_path / "k" / taken / "keep.txt").write_text(taken)
+    [result] = work(sweep, plugins, device="cpu", echo=lambda _: None)
+    assert result.state == "complete"
+    assert sweep.study.trials[0].user_attrs[RUN_ATTR] == "trial-0000-3"
+    assert (tmp_path / "k/trial-0000-3/metrics.jsonl").is_file()
+    for taken in ("trial-0000", "trial-0000-2"):
+        assert [p.name for p in (tmp_path / "k" / taken).iterdir()] == ["keep.txt"]

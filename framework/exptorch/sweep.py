@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -845,10 +844,6 @@ def describe_end(sweep: Sweep) -> str:
     if best is not None:
         line += f"; best trial {best['number']}: {sweep.spec.metric} {_short(best['value'])}"
     return line + f"; see `expt sweep show {sweep.name} --runs-dir {sweep.folder.parent}`"
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, default=str)
 
 
 __all__ = [
