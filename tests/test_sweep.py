@@ -824,32 +824,86 @@ def test_a_timeout_that_is_not_a_positive_duration_is_refused(
         read_sweep(path, plugins)
 
 
+class Workers:
+    """``subprocess.Popen`` for ``launch_workers``: records each worker's command and
+    environment, exits with the given codes, and can send this process a signal while the
+    launcher waits (as a Ctrl-C in the terminal would)."""
+
+    def __init__(self, codes: list[int], signum: int | None = None) -> None:
+        self.codes, self.signum = codes, signum
+        self.started: list[tuple[list[str], dict[str, str]]] = []
+        self.forwarded: list[tuple[int, int]] = []
+
+    def __call__(self, cmd: list[str], env: dict[str, str], start_new_session: bool):
+        assert start_new_session  # a Ctrl-C reaches the launcher only, which passes it on
+        index = len(self.started)
+        self.started.append((cmd, env))
+        workers = self
+
+        class Worker:
+            def poll(self) -> int | None:
+                return None
+
+            def send_signal(self, signum: int) -> None:
+                workers.forwarded.append((index, signum))
+
+            def wait(self) -> int:
+                if workers.signum is not None and index == 0:
+                    os.kill(os.getpid(), workers.signum)
+                return workers.codes[index]
+
+        return Worker()
+
+
+def launch(monkeypatch, workers: Workers, count: int, cpus: set[int] | None, machine: int | None):
+    from exptorch.sweep import Session, launch_workers
+
+    if cpus is None:
+        monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # not on macOS
+    else:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cpus)
+    monkeypatch.setattr(os, "cpu_count", lambda: machine)
+    monkeypatch.setattr(subprocess, "Popen", workers)
+    devices = ["cuda:0", None, "cuda:2"][:count]
+    return launch_workers(["sweep", "run", "s.toml"], workers=count, url="sqlite:///x.db",
+                          session=Session(id="abc", start=1.5), devices=devices)  # fmt: skip
+
+
 def test_workers_split_the_cpus_this_process_may_use_and_get_their_devices(monkeypatch) -> None:
-    from exptorch.sweep import STORAGE_ENV, Session, launch_workers
+    from exptorch.sweep import STORAGE_ENV
 
-    started: list[tuple[list[str], dict[str, str]]] = []
-
-    class Worker:
-        def __init__(self, cmd, env, start_new_session):
-            assert start_new_session  # a Ctrl-C reaches the parent, which passes it on once
-            started.append((cmd, env))
-
-        def wait(self) -> int:
-            return len(started) - 1  # the second worker fails
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine's, not this process's share
-    monkeypatch.setattr(subprocess, "Popen", Worker)
-    session = Session(id="abc", start=1.5)
-    code = launch_workers(["sweep", "run", "s.toml"], workers=2, url="sqlite:///x.db",
-                          session=session, devices=["cuda:0", None])  # fmt: skip
-    assert code == 1
-    tail = ["--threads", "4", "--session", "abc:1.5"]
-    assert [cmd[3:] for cmd, _ in started] == [
+    workers = Workers([0, 1, 2])
+    assert launch(monkeypatch, workers, 3, cpus={0, 1, 2, 3}, machine=64) == 1  # the first failure
+    tail = ["--threads", "1", "--session", "abc:1.5"]  # 4 CPUs of the 64 are this process's
+    assert [cmd[3:] for cmd, _ in workers.started] == [
         ["sweep", "run", "s.toml", "--worker", "0", *tail, "--device", "cuda:0"],
         ["sweep", "run", "s.toml", "--worker", "1", *tail],
+        ["sweep", "run", "s.toml", "--worker", "2", *tail, "--device", "cuda:2"],
     ]
-    assert all(env[STORAGE_ENV] == "sqlite:///x.db" for _, env in started)
+    assert all(env[STORAGE_ENV] == "sqlite:///x.db" for _, env in workers.started)
+
+
+@pytest.mark.parametrize(
+    ("count", "cpus", "machine", "threads"),
+    [(2, {0, 1, 2, 3, 4, 5, 6, 7}, 64, "4"), (3, None, 6, "2"), (1, None, None, "1")],
+)
+def test_worker_threads_without_an_affinity_come_from_the_cpu_count(
+    monkeypatch, count: int, cpus: set[int] | None, machine: int | None, threads: str
+) -> None:
+    workers = Workers([0] * count)
+    assert launch(monkeypatch, workers, count, cpus, machine) == 0
+    assert {cmd[cmd.index("--threads") + 1] for cmd, _ in workers.started} == {threads}
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_the_launcher_reaches_every_worker_once(
+    monkeypatch, signum: int, code: int
+) -> None:
+    workers = Workers([0, 0], signum=signum)
+    previous = signal.getsignal(signum)
+    assert launch(monkeypatch, workers, 2, {0, 1}, 2) == code
+    assert workers.forwarded == [(0, signum), (1, signum)]
+    assert signal.getsignal(signum) == previous  # the launcher's handler is gone again
 
 
 def test_a_folder_that_is_not_a_sweeps_is_refused_unless_it_holds_only_a_new_database(
