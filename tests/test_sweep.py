@@ -921,17 +921,17 @@ def test_a_folder_that_is_not_a_sweeps_is_refused_unless_it_holds_only_a_new_dat
 
 
 def test_a_trial_never_writes_into_a_folder_that_is_already_there(tmp_path: Path, plugins) -> None:
-    from exptorch.sweep import RUN_ATTR, work
+    from exptorch.sweep import RUN_ATTR, free_name, work
 
     path = write_sweep(tmp_path, 'trials = 1\nsampler = "random"\nseed = 0')
     sweep = open_sweep(read_sweep(path, plugins), name="k", runs_dir=tmp_path, storage=None,
                        epochs=1)  # fmt: skip
-    for taken in ("trial-0000", "trial-0000-2"):
-        (tmp_path / "k" / taken).mkdir()
-        (tmp_path / "k" / taken / "keep.txt").write_text(taken)
+    (tmp_path / "k" / "trial-0000").mkdir()
+    (tmp_path / "k" / "trial-0000" / "keep.txt").write_text("mine")
     [result] = work(sweep, plugins, device="cpu", echo=lambda _: None)
     assert result.state == "complete"
-    assert sweep.study.trials[0].user_attrs[RUN_ATTR] == "trial-0000-3"
-    assert (tmp_path / "k/trial-0000-3/metrics.jsonl").is_file()
-    for taken in ("trial-0000", "trial-0000-2"):
-        assert [p.name for p in (tmp_path / "k" / taken).iterdir()] == ["keep.txt"]
+    assert sweep.study.trials[0].user_attrs[RUN_ATTR] == "trial-0000-2"
+    assert (tmp_path / "k/trial-0000-2/metrics.jsonl").is_file()
+    assert [p.name for p in (tmp_path / "k" / "trial-0000").iterdir()] == ["keep.txt"]
+    assert free_name(tmp_path / "k", "trial-0000") == "trial-0000-3"
+    assert free_name(tmp_path / "k", "trial-0001") == "trial-0001"
