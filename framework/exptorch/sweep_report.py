@@ -177,7 +177,7 @@ def show_text(board: Mapping[str, Any]) -> str:
     rows = [
         (
             str(row["trial"]),
-            *(_value(row["params"].get(n)) for n in names),
+            *(fmt(row["params"].get(n)) for n in names),
             fmt(row["value"], metric),
             row["state"],
             str(row["epochs"]),
@@ -195,10 +195,6 @@ def show_text(board: Mapping[str, Any]) -> str:
             f"  {best['command']}",
         ]
     return "\n".join(lines)
-
-
-def _value(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else fmt(value)
 
 
 #: The figures ``expt sweep plot`` writes, by file name.
