@@ -227,3 +227,21 @@ def test_the_prediction_grid_shows_each_image_pixel_for_pixel_on_a_dark_canvas()
     assert gap.tolist() == [[24, 24, 24]] * 4
     with pytest.raises(ValueError):  # a caption per image
         captioned_grid(image[None].expand(2, 3, 2, 2), ["only one"])
+
+
+def test_a_caption_is_green_under_a_right_prediction_and_red_under_a_wrong_one() -> None:
+    """Below each tile, in its own column: green when ``pred`` and ``true`` agree (a caption
+    without them agrees), red when they differ."""
+    import torch
+
+    from exptorch_plugins.tensorboard import TILE, captioned_grid
+
+    captions = ["pred: cat\ntrue: cat", "pred: dog\ntrue: cat", "no labels"]
+    grid = captioned_grid(torch.zeros(3, 3, 2, 2), captions, columns=3).astype(int)
+
+    def hues(column: int) -> set[str]:
+        area = grid[TILE:, column * TILE : (column + 1) * TILE].reshape(-1, 3)
+        red, green = area[:, 0] - area[:, 1] > 50, area[:, 1] - area[:, 0] > 50
+        return {name for name, found in (("red", red), ("green", green)) if found.any()}
+
+    assert [hues(c) for c in range(3)] == [{"green"}, {"red"}, {"green"}]
