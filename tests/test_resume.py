@@ -344,3 +344,36 @@ def test_a_nan_test_loss_stops_the_run(make_plugins, tmp_path: Path) -> None:
     assert str(info.value) == (
         "The test loss became nan after epoch 1, so the run stopped; lower --lr and start again."
     )
+
+
+def stopped_before_its_first_checkpoint(folder: Path, saved: dict) -> Path:
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"config": saved}))
+    (folder / "state.json").write_text(json.dumps({"state": "interrupted", "epoch": 0}))
+    return folder
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_from_its_config(
+    plugins, tmp_path: Path
+) -> None:
+    saved = {"model": "quicknet", "seed": 3, "lr": 0.05}
+    point = find_resume_point(plugins, stopped_before_its_first_checkpoint(tmp_path / "r", saved))
+    try:
+        assert point.fresh and point.checkpoint.config == saved
+        assert (point.checkpoint.epoch, point.checkpoint.step, point.next_epoch) == (0, 0, 1)
+        assert point.state == {"state": "interrupted", "epoch": 0}
+    finally:
+        point.release()
+
+
+@pytest.mark.parametrize("saved", [{"model": "quicknet"}, {"seed": 3}, ["quicknet", 3]])
+def test_a_run_without_a_checkpoint_or_a_whole_config_is_one_sentence(
+    plugins, tmp_path: Path, saved
+) -> None:
+    folder = stopped_before_its_first_checkpoint(tmp_path / "r", saved)
+    with pytest.raises(ExptError) as info:
+        find_resume_point(plugins, folder)
+    assert str(info.value) == (
+        f"{folder} holds no checkpoint and no config.json to start it again from; it never "
+        "started, so remove it and start the run anew."
+    )
