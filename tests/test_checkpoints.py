@@ -745,3 +745,13 @@ def test_a_failed_save_is_a_full_disk_only_under_one_mebibyte_free(
     if full:
         assert info.value.errno == 28 and info.value.filename == str(tmp_path / "epoch-001.pt")
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_latest_checkpoint_of_a_folder_that_is_not_there_is_one_sentence(
+    plugins, tmp_path: Path
+) -> None:
+    with pytest.raises(ExptError, match=r"^.*nope holds no checkpoint\.$"):
+        latest_checkpoint(tmp_path / "nope", plugins)
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ExptError, match=r"^.*empty holds no checkpoint\.$"):
+        latest_checkpoint(tmp_path / "empty", plugins)
