@@ -197,7 +197,7 @@ def test_the_model_graph_is_written_once_however_often_it_is_asked_for(tmp_path:
 def test_nested_hyperparameters_are_named_with_dots_and_lists_joined() -> None:
     from exptorch_plugins.tensorboard import _flatten
 
-    assert _flatten({"lr": 0.1, "options": {"sgd_nesterov": True, "gone": None},
+    assert _flatten({"lr": 0.1, "options": {"gone": None, "sgd_nesterov": True},
                      "metric": ["top5", "macro-f1"], "path": Path("/data")}) == {
         "lr": 0.1, "options.sgd_nesterov": True, "metric": "top5,macro-f1", "path": "/data",
     }  # fmt: skip
