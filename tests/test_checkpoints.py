@@ -755,3 +755,41 @@ def test_latest_checkpoint_of_a_folder_that_is_not_there_is_one_sentence(
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     with pytest.raises(ExptError, match=r"^.*empty holds no checkpoint\.$"):
         latest_checkpoint(tmp_path / "empty", plugins)
+
+
+GOOD_META = {"model": "quicknet", "info": INFO.to_dict()}
+
+
+@pytest.mark.parametrize(
+    ("meta", "config", "reason"),
+    [
+        ([], {}, "its meta or config is not a mapping"),
+        (GOOD_META, [], "its meta or config is not a mapping"),
+        ({**GOOD_META, "model_options": [1]}, {}, "its model_options are a list, not a mapping"),
+        (GOOD_META, {"options": "x"}, "its options are a str, not a mapping"),
+        ({**GOOD_META, "dataset": 3}, {}, "its dataset is 3, not a string"),
+        (GOOD_META, {"dataset": ["a"]}, "its dataset is ['a'], not a string"),
+        (GOOD_META, {"data_dir": 5}, "its data_dir is 5, not a string"),
+    ],
+)
+def test_a_checkpoints_malformed_metadata_is_named(tmp_path: Path, meta, config, reason) -> None:
+    from exptorch.checkpoint import checked_meta
+
+    path = tmp_path / "epoch-001.pt"
+    checkpoint = Checkpoint(model_state={}, epoch=1, step=1, config=config, meta=meta)
+    with pytest.raises(ExptError) as info:
+        checked_meta(checkpoint, path)
+    assert str(info.value) == f"Checkpoint {path} has bad metadata: {reason}."
+
+
+def test_checked_meta_returns_the_dataset_info_or_says_it_is_missing(tmp_path: Path) -> None:
+    from exptorch.checkpoint import checked_meta
+
+    path = tmp_path / "epoch-001.pt"
+    config = {"dataset": "fashion-mnist", "data_dir": "data", "options": None}
+    checkpoint = Checkpoint(model_state={}, epoch=1, step=1, config=config, meta=GOOD_META)
+    assert checked_meta(checkpoint, path) == INFO
+    checkpoint.meta = {"model": "quicknet"}
+    with pytest.raises(ExptError) as info:
+        checked_meta(checkpoint, path)
+    assert str(info.value) == f"{path} does not record its classes and input size."
