@@ -559,3 +559,16 @@ def test_a_run_of_an_older_exptorch_takes_its_results_from_metrics_jsonl(
     # where state.json says how far the run got, that wins over the records
     crashed = find_run(runs_dir, "crashed")
     assert (crashed.epochs_done, len(crashed.epoch_records)) == (1, 2)
+
+
+def test_fmt_writes_lists_and_mappings_as_json() -> None:
+    from exptorch.runs import fmt
+
+    assert fmt(["top5", "macro-f1"]) == '["top5", "macro-f1"]'
+    assert fmt({"sgd_nesterov": True}) == '{"sgd_nesterov": true}'
+    assert (fmt(None), fmt(0.123456), fmt(0.5, "test_accuracy"), fmt(3)) == (
+        "-",
+        "0.1235",
+        "50.00%",
+        "3",
+    )
