@@ -935,3 +935,10 @@ def test_a_trial_never_writes_into_a_folder_that_is_already_there(tmp_path: Path
     assert [p.name for p in (tmp_path / "k" / "trial-0000").iterdir()] == ["keep.txt"]
     assert free_name(tmp_path / "k", "trial-0000") == "trial-0000-3"
     assert free_name(tmp_path / "k", "trial-0001") == "trial-0001"
+
+
+def test_a_workers_session_is_the_launchers_id_and_start_time() -> None:
+    from exptorch.sweep import Session, parse_session
+
+    session = Session(id="abc", start=1700000000.25)
+    assert parse_session(f"{session.id}:{session.start!r}") == session
