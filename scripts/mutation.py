@@ -128,6 +128,11 @@ def verdict(code: int | None) -> str:
     return "survived" if code == 0 else "other"
 
 
+def in_modules(name: str, globs: list[str]) -> bool:
+    """Whether mutant ``name`` belongs to a module ``globs`` names (any, if it names none)."""
+    return not globs or any(fnmatch.fnmatch(name, g) for g in globs)
+
+
 def module_of(name: str) -> str:
     """``exptorch.config.x_validate__mutmut_3`` -> ``exptorch.config``."""
     return name.rsplit(".", 1)[0]
@@ -352,7 +357,7 @@ def unsettled(globs: list[str], mutmut: str, max_children: int, env: dict[str, s
     return [
         name
         for name, code in verdicts().items()
-        if any(fnmatch.fnmatch(name, g) for g in globs) and verdict(code) not in ("killed", "mypy")
+        if in_modules(name, globs) and verdict(code) not in ("killed", "mypy")
     ]
 
 
@@ -380,9 +385,7 @@ def record_type_errors(globs: list[str], rejected: dict[str, str]) -> int:
         new = [
             name
             for name, code in codes.items()
-            if code is None
-            and name in rejected
-            and (not globs or any(fnmatch.fnmatch(name, g) for g in globs))
+            if code is None and name in rejected and in_modules(name, globs)
         ]
         for name in new:
             codes[name] = TYPE_ERROR
@@ -401,7 +404,7 @@ def show_survivors(mutmut: str, globs: list[str], env: dict[str, str]) -> int:
     ).stdout
     for line in out.splitlines():
         name = line.strip().split(":")[0]
-        if "survived" in line and (not globs or any(name.startswith(g[:-1]) for g in globs)):
+        if "survived" in line and in_modules(name, globs):
             subprocess.run([mutmut, "show", name], cwd=WORKSPACE, env=env)
     return 0
 

@@ -795,41 +795,34 @@ def test_checked_meta_returns_the_dataset_info_or_says_it_is_missing(tmp_path: P
     assert str(info.value) == f"{path} does not record its classes and input size."
 
 
-def saved_safetensors(tmp_path: Path) -> tuple[Path, dict]:
-    from exptorch_plugins.safetensors import SafetensorsFormat
-
-    path = save_checkpoint(
-        SafetensorsFormat(), trained_checkpoint(), tmp_path / "epoch-001.safetensors"
-    )
-    return path, json.loads(path.with_name(path.name + ".json").read_text())
-
-
-def test_safetensors_loads_to_the_cpu_by_default_and_takes_only_a_device(tmp_path: Path) -> None:
-    from exptorch_plugins.safetensors import SafetensorsFormat
-
-    path, _ = saved_safetensors(tmp_path)
-    loaded = SafetensorsFormat().load(path, map_location=None)
+def test_safetensors_loads_to_the_cpu_by_default_and_takes_only_a_device(
+    plugins, tmp_path: Path
+) -> None:
+    safetensors = fmt(plugins, "safetensors")
+    path = save(plugins, "safetensors", trained_checkpoint(), tmp_path)
+    loaded = safetensors.load(path, map_location=None)
     assert {t.device.type for t in loaded.model_state.values()} == {"cpu"}
     for mapping in ({"cuda:0": "cpu"}, lambda storage, location: storage):
         with pytest.raises(ValueError) as info:
-            SafetensorsFormat().load(path, map_location=mapping)
+            safetensors.load(path, map_location=mapping)
         assert str(info.value) == "the safetensors format takes a device as map_location"
 
 
 def test_safetensors_names_a_sidecar_of_another_kind_and_a_missing_state_file(
-    tmp_path: Path,
+    plugins, tmp_path: Path
 ) -> None:
-    from exptorch_plugins.safetensors import SafetensorsFormat
-
-    path, sidecar = saved_safetensors(tmp_path)
+    safetensors = fmt(plugins, "safetensors")
+    path = save(plugins, "safetensors", trained_checkpoint(), tmp_path)
+    sidecar_path = path.with_name(path.name + ".json")
+    sidecar = json.loads(sidecar_path.read_text())
     state_file = path.with_name(sidecar["state"]["file"])
     state_file.unlink()
     with pytest.raises(ValueError) as info:
-        SafetensorsFormat().load(path)
+        safetensors.load(path)
     assert str(info.value) == (
         f"{state_file.name} has None bytes where the sidecar says {sidecar['state']['bytes']}"
     )
-    path.with_name(path.name + ".json").write_text(json.dumps({**sidecar, "format": "other"}))
+    sidecar_path.write_text(json.dumps({**sidecar, "format": "other"}))
     with pytest.raises(ValueError) as info:
-        SafetensorsFormat().load(path)
-    assert str(info.value) == f"{path.name}.json is not an exptorch safetensors sidecar"
+        safetensors.load(path)
+    assert str(info.value) == f"{sidecar_path.name} is not an exptorch safetensors sidecar"

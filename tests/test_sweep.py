@@ -834,25 +834,28 @@ class Workers:
         self.started: list[tuple[list[str], dict[str, str]]] = []
         self.forwarded: list[tuple[int, int]] = []
 
-    def __call__(self, cmd: list[str], env: dict[str, str], start_new_session: bool):
+    def __call__(self, cmd: list[str], env: dict[str, str], start_new_session: bool) -> Worker:
         assert start_new_session  # a Ctrl-C reaches the launcher only, which passes it on
-        index = len(self.started)
         self.started.append((cmd, env))
-        workers = self
+        return Worker(self, len(self.started) - 1)
 
-        class Worker:
-            def poll(self) -> int | None:
-                return None
 
-            def send_signal(self, signum: int) -> None:
-                workers.forwarded.append((index, signum))
+class Worker:
+    """One of ``Workers``' processes, as ``launch_workers`` sees it."""
 
-            def wait(self) -> int:
-                if workers.signum is not None and index == 0:
-                    os.kill(os.getpid(), workers.signum)
-                return workers.codes[index]
+    def __init__(self, workers: Workers, index: int) -> None:
+        self.workers, self.index = workers, index
 
-        return Worker()
+    def poll(self) -> int | None:
+        return None
+
+    def send_signal(self, signum: int) -> None:
+        self.workers.forwarded.append((self.index, signum))
+
+    def wait(self) -> int:
+        if self.workers.signum is not None and self.index == 0:
+            os.kill(os.getpid(), self.workers.signum)
+        return self.workers.codes[self.index]
 
 
 def launch(monkeypatch, workers: Workers, count: int, cpus: set[int] | None, machine: int | None):
