@@ -33,12 +33,21 @@ Before any test runs, mypy checks the mutated tree (``type_check_command`` in py
 a mutant it rejects counts as killed, in a column of its own. mutmut records that verdict only
 for the mutants its run reaches, one after the other between test runs; ``--type-check``
 records it for every unchecked mutant at once, without running a test (minutes, not hours).
+
+The whole tree takes tens of hours on 2 cores, longer than any one machine keeps ``.mutation/``,
+so every verdict is also kept in the repository, in ``tests/mutation-verdicts.json``: each
+mutated function's hash (mutmut's, of its source) with the exit code of each of its mutants.
+Before mutmut runs, the script gives each unchecked mutant the verdict kept there for it, if its
+function's hash is the same; mutmut then starts over only the functions whose code changed.
+After each run (and with ``--save``, also during one), the file is written again from
+``.mutation/``. ``--score`` reads it when ``.mutation/`` has no verdicts.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import importlib.metadata
 import json
 import math
 import os
@@ -46,8 +55,10 @@ import random
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE = ROOT / ".mutation"
@@ -70,6 +81,8 @@ KILLED = {1, 3, 36, -24, 24, 152, 255}
 # caught by the type check before any test ran (pyproject.toml's type_check_command): killed too,
 # as CI's mypy rejects it, but counted apart so the tests' share shows
 TYPE_ERROR = 37
+# every verdict, kept in the repository (see above)
+STORE = ROOT / "tests" / "mutation-verdicts.json"
 
 
 def link_workspace() -> None:
@@ -107,12 +120,30 @@ def module_glob(arg: str) -> str:
     return f"{path}.*"
 
 
+def meta_files() -> list[Path]:
+    return sorted((WORKSPACE / "mutants").glob("exptorch*/**/*.py.meta"))
+
+
+def read_meta(meta: Path) -> dict[str, Any]:
+    """A ``.meta`` file; mutmut rewrites it in place after each mutant, so a read during a run
+    can meet a half-written one: read it again."""
+    for attempt in range(20):
+        try:
+            data: dict[str, Any] = json.loads(meta.read_text())
+            return data
+        except json.JSONDecodeError:
+            if attempt == 19:
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
 def verdicts() -> dict[str, int | None]:
     """Every generated mutant's exit code (None: not checked yet), from the ``.meta`` files
     mutmut keeps next to each mutated file."""
     codes: dict[str, int | None] = {}
-    for meta in sorted((WORKSPACE / "mutants").glob("exptorch*/**/*.py.meta")):
-        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    for meta in meta_files():
+        codes.update(read_meta(meta)["exit_code_by_key"])
     return codes
 
 
@@ -131,6 +162,116 @@ def verdict(code: int | None) -> str:
 def in_modules(name: str, globs: list[str]) -> bool:
     """Whether mutant ``name`` belongs to a module ``globs`` names (any, if it names none)."""
     return not globs or any(fnmatch.fnmatch(name, g) for g in globs)
+
+
+def function_of(name: str) -> tuple[str, str]:
+    """``exptorch.config.x_validate__mutmut_3`` -> ``("exptorch.config.x_validate", "3")``."""
+    function, _, number = name.rpartition("__mutmut_")
+    return function, number
+
+
+def hash_key(function: str) -> str:
+    """The function's key in a ``.meta`` file's hashes, as mutmut takes it: its mangled name
+    (``exptorch.config.x_validate`` -> ``x_validate``)."""
+    return function.rpartition(".")[2]
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Replace ``path`` whole: a stop at any moment leaves the old file or the new one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def mutmut_version() -> str:
+    return importlib.metadata.version("mutmut")
+
+
+def save_verdicts() -> int:
+    """Write every generated mutant (unchecked ones too) into ``STORE``, by function, each
+    function with its hash; return how many have a verdict. Nothing generated: nothing written."""
+    functions: dict[str, dict[str, Any]] = {}
+    for meta in meta_files():
+        data = read_meta(meta)
+        for name, code in data["exit_code_by_key"].items():
+            function, number = function_of(name)
+            digest = data["hash_by_function_name"].get(hash_key(function), "")
+            functions.setdefault(function, {"hash": digest, "verdicts": {}})
+            functions[function]["verdicts"][number] = code
+    if not functions:
+        return 0
+    version = json.dumps(mutmut_version())
+    rows = ",\n".join(f"  {json.dumps(f)}: {json.dumps(v)}" for f, v in sorted(functions.items()))
+    # one function a line: a change of verdicts reads as a diff of the functions it touches
+    write_whole(STORE, f'{{\n "mutmut": {version},\n "functions": {{\n{rows}\n }}\n}}\n')
+    return sum(c is not None for v in functions.values() for c in v["verdicts"].values())
+
+
+def source_of(module: str) -> Path:
+    """``exptorch.config`` -> ``exptorch/config.py`` (or ``.../__init__.py``), in WORKSPACE."""
+    path = Path(*module.split("."))
+    if (WORKSPACE / path).with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    return path / "__init__.py"
+
+
+def restore_verdicts() -> int:
+    """Give each unchecked mutant in ``.mutation/`` the verdict ``STORE`` keeps for it, where
+    its function's hash there is the one in the ``.meta`` file; return how many were given.
+    A module without a ``.meta`` file (a new clone) gets one from ``STORE`` and loses its
+    mutated copy, so that mutmut generates it again and starts over each changed function."""
+    if not STORE.is_file():
+        return 0
+    store = json.loads(STORE.read_text())
+    if store["mutmut"] != mutmut_version():
+        print(
+            f"{STORE.name} holds mutmut {store['mutmut']}'s verdicts, not mutmut "
+            f"{mutmut_version()}'s, whose mutants differ: none of them is used"
+        )
+        return 0
+    kept: dict[str, dict[str, Any]] = store["functions"]
+    by_file: dict[Path, list[str]] = {}
+    for function in kept:
+        by_file.setdefault(source_of(function.rpartition(".")[0]), []).append(function)
+    restored = 0
+    for source, functions in sorted(by_file.items()):
+        meta = WORKSPACE / "mutants" / f"{source}.meta"
+        if meta.is_file():
+            data = read_meta(meta)
+        else:
+            data = {"exit_code_by_key": {}, "hash_by_function_name": {}}
+            data.update(type_check_error_by_key={}, durations_by_key={})
+            data["estimated_durations_by_key"] = {}
+            for function in functions:
+                data["hash_by_function_name"][hash_key(function)] = kept[function]["hash"]
+                for number in kept[function]["verdicts"]:
+                    data["exit_code_by_key"][f"{function}__mutmut_{number}"] = None
+            meta.parent.mkdir(parents=True, exist_ok=True)
+            (WORKSPACE / "mutants" / source).unlink(missing_ok=True)
+        given = give_kept_verdicts(data, kept)
+        if given or not meta.is_file():
+            write_whole(meta, json.dumps(data, indent=4))
+        restored += given
+    return restored
+
+
+def give_kept_verdicts(data: dict[str, Any], kept: dict[str, dict[str, Any]]) -> int:
+    """Fill the unchecked mutants of one ``.meta`` file's ``data`` from ``kept``, where the
+    function's hash matches; return how many."""
+    given = 0
+    codes = data["exit_code_by_key"]
+    for name, code in codes.items():
+        function, number = function_of(name)
+        entry = kept.get(function)
+        if code is not None or entry is None:
+            continue
+        if entry["hash"] != data["hash_by_function_name"].get(hash_key(function)):
+            continue
+        codes[name] = entry["verdicts"].get(number)
+        if codes[name] == TYPE_ERROR:
+            data["type_check_error_by_key"][name] = f"mypy, as kept in {STORE.name}"
+        given += codes[name] is not None
+    return given
 
 
 def module_of(name: str) -> str:
@@ -235,7 +376,10 @@ def run_mutmut(
     failures.unlink(missing_ok=True)
     (WORKSPACE / "kills.txt").unlink(missing_ok=True)  # which test killed each mutant, this run
     errors = subprocess.PIPE if stop else None
-    result = subprocess.run(command, cwd=WORKSPACE, env=env, stderr=errors, text=True)
+    try:
+        result = subprocess.run(command, cwd=WORKSPACE, env=env, stderr=errors, text=True)
+    finally:  # Ctrl-C too: what was checked until then is kept
+        save_verdicts()
     if stop and "nothing matches" not in (result.stderr or ""):
         sys.stderr.write(result.stderr or "")
     if failures.is_file():
@@ -305,6 +449,11 @@ def main() -> int:
     )
     parser.add_argument("--score", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="show the surviving mutants")
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help=f"only write the verdicts in .mutation/ into tests/{STORE.name} (safe during a run)",
+    )
     args = parser.parse_args()
     if args.sample is not None and (args.modules or args.sample < 1):
         parser.error("--sample N takes a positive N and no module names: it draws from all")
@@ -318,12 +467,19 @@ def main() -> int:
         # torch and exptorch (tox runs the script outside the environment that holds them)
         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     )
+    if args.save:
+        print(f"{save_verdicts()} verdicts written to {STORE.relative_to(ROOT)}")
+        return 0
     if args.survivors:
         return show_survivors(mutmut, globs, env)
+    # not into the .meta files of a run that may be going on, unless there are none yet
+    if not args.score or not meta_files():
+        restore_verdicts()
     if args.type_check:
         write_config(args.tests)
         generate(mutmut, args.max_children, env)
         print(f"mypy rejects {record_type_errors(globs, mypy_rejects(env))} more mutants")
+        save_verdicts()
         print_scores(scores(globs))
         return 0
     if args.recollect and not args.score:  # only a run collects anything
@@ -379,8 +535,8 @@ def record_type_errors(globs: list[str], rejected: dict[str, str]) -> int:
     a run gives it, written into the ``.meta`` file as mutmut writes it; return how many.
     Not while a run is going: mutmut rewrites those files."""
     recorded = 0
-    for meta in sorted((WORKSPACE / "mutants").glob("exptorch*/**/*.py.meta")):
-        data = json.loads(meta.read_text())
+    for meta in meta_files():
+        data = read_meta(meta)
         codes = data["exit_code_by_key"]
         new = [
             name
@@ -391,9 +547,7 @@ def record_type_errors(globs: list[str], rejected: dict[str, str]) -> int:
             codes[name] = TYPE_ERROR
             data.setdefault("type_check_error_by_key", {})[name] = rejected[name]
         if new:
-            partial = meta.with_name(meta.name + ".partial")
-            partial.write_text(json.dumps(data, indent=4))
-            partial.replace(meta)
+            write_whole(meta, json.dumps(data, indent=4))
             recorded += len(new)
     return recorded
 

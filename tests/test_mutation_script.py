@@ -33,13 +33,19 @@ def mutation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "WORKSPACE", tmp_path)
+    monkeypatch.setattr(module, "STORE", tmp_path / "kept" / "mutation-verdicts.json")
+    (tmp_path / "kept").mkdir()
+    monkeypatch.setattr(module, "mutmut_version", lambda: "3.8.1")
     return module
 
 
-def write_meta(workspace: Path, module: str, codes: dict[str, int | None]) -> None:
+def write_meta(
+    workspace: Path, module: str, codes: dict[str, int | None], hashes: dict[str, str] | None = None
+) -> None:
     meta = workspace / "mutants" / (module.replace(".", "/") + ".py.meta")
     meta.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps({"exit_code_by_key": codes}))
+    data = {"exit_code_by_key": codes, "hash_by_function_name": hashes or {}}
+    meta.write_text(json.dumps(dict(data, type_check_error_by_key={})))
 
 
 def test_wilson_interval_matches_the_published_formula(mutation: ModuleType) -> None:
@@ -304,3 +310,121 @@ def test_type_check_records_mypys_verdict_only_on_unchecked_mutants_of_the_modul
     assert mutation.record_type_errors([], rejected) == 1  # no module named: all of them
     assert mutation.verdicts()["exptorch.b.x_g__mutmut_1"] == 37
     assert not list(tmp_path.glob("mutants/**/*.partial"))
+
+
+def test_verdicts_are_kept_in_the_repository_one_function_a_line(mutation: ModuleType) -> None:
+    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": 1,
+               "exptorch.a.x_f__mutmut_2": 0, "exptorch.a.x_f__mutmut_3": None,
+               "exptorch.a.x_g__mutmut_1": 37}, {"x_f": "hash-f", "x_g": "hash-g"})  # fmt: skip
+    assert mutation.save_verdicts() == 3
+    text = mutation.STORE.read_text()
+    assert json.loads(text) == {
+        "mutmut": "3.8.1",
+        "functions": {
+            "exptorch.a.x_f": {"hash": "hash-f", "verdicts": {"1": 1, "2": 0, "3": None}},
+            "exptorch.a.x_g": {"hash": "hash-g", "verdicts": {"1": 37}},
+        },
+    }
+    assert [line for line in text.splitlines() if "exptorch.a." in line] == [
+        '  "exptorch.a.x_f": {"hash": "hash-f", "verdicts": {"1": 1, "2": 0, "3": null}},',
+        '  "exptorch.a.x_g": {"hash": "hash-g", "verdicts": {"1": 37}}',
+    ]
+    assert not list(mutation.STORE.parent.glob("*.partial"))
+
+
+def test_a_new_clone_starts_from_the_kept_verdicts(mutation: ModuleType) -> None:
+    """No ``.mutation/`` yet: each module's ``.meta`` file comes from the kept verdicts and
+    its stale mutated copy goes, so that mutmut generates it again and compares the hashes."""
+    workspace = mutation.WORKSPACE
+    write_meta(workspace, "exptorch.a", {"exptorch.a.x_f__mutmut_1": 1,
+               "exptorch.a.x_g__mutmut_1": 37, "exptorch.a.x_g__mutmut_2": None},
+               {"x_f": "hash-f", "x_g": "hash-g"})  # fmt: skip
+    write_meta(workspace, "exptorch.b", {"exptorch.b.x_h__mutmut_1": 0}, {"x_h": "hash-h"})
+    mutation.save_verdicts()
+    for module in ("exptorch/a.py", "exptorch/b/__init__.py"):  # the sources mutmut reads
+        (workspace / module).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / module).write_text("")
+    (workspace / "mutants").rename(workspace / "old-mutants")
+    (workspace / "mutants/exptorch").mkdir(parents=True)
+    (workspace / "mutants/exptorch/a.py").write_text("stale mutated copy")
+    assert mutation.restore_verdicts() == 3
+    assert not (workspace / "mutants/exptorch/a.py").exists()
+    meta = json.loads((workspace / "mutants/exptorch/a.py.meta").read_text())
+    assert meta["exit_code_by_key"] == {
+        "exptorch.a.x_f__mutmut_1": 1,
+        "exptorch.a.x_g__mutmut_1": 37,
+        "exptorch.a.x_g__mutmut_2": None,
+    }
+    assert meta["hash_by_function_name"] == {"x_f": "hash-f", "x_g": "hash-g"}
+    assert meta["type_check_error_by_key"] == {
+        "exptorch.a.x_g__mutmut_1": "mypy, as kept in mutation-verdicts.json"
+    }
+    assert set(meta) == {  # what mutmut's SourceFileMutationData.load() asserts
+        "exit_code_by_key", "hash_by_function_name", "type_check_error_by_key",
+        "durations_by_key", "estimated_durations_by_key",
+    }  # fmt: skip
+    package = json.loads((workspace / "mutants/exptorch/b/__init__.py.meta").read_text())
+    assert package["exit_code_by_key"] == {"exptorch.b.x_h__mutmut_1": 0}
+
+
+def test_a_kept_verdict_is_given_only_where_the_functions_code_is_the_same(
+    mutation: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workspace = mutation.WORKSPACE
+    (workspace / "exptorch").mkdir()
+    (workspace / "exptorch/a.py").write_text("")
+    write_meta(workspace, "exptorch.a", {"exptorch.a.x_f__mutmut_1": 1,
+               "exptorch.a.x_g__mutmut_1": 0, "exptorch.a.x_g__mutmut_2": 3},
+               {"x_f": "hash-f", "x_g": "hash-g"})  # fmt: skip
+    mutation.save_verdicts()
+    # mutmut generated the mutants again: x_f's code changed, so its verdicts started over;
+    # x_g's did not, but this workspace never checked it; x_k is new
+    write_meta(workspace, "exptorch.a", {"exptorch.a.x_f__mutmut_1": None,
+               "exptorch.a.x_g__mutmut_1": None, "exptorch.a.x_g__mutmut_2": 1,
+               "exptorch.a.x_k__mutmut_1": None},
+               {"x_f": "hash-f2", "x_g": "hash-g", "x_k": "hash-k"})  # fmt: skip
+    assert mutation.restore_verdicts() == 1
+    assert mutation.verdicts() == {
+        "exptorch.a.x_f__mutmut_1": None,
+        "exptorch.a.x_g__mutmut_1": 0,
+        "exptorch.a.x_g__mutmut_2": 1,  # this workspace's own verdict stands
+        "exptorch.a.x_k__mutmut_1": None,
+    }
+    stored = json.loads(mutation.STORE.read_text())
+    stored["mutmut"] = "3.9.0"
+    mutation.STORE.write_text(json.dumps(stored))
+    write_meta(workspace, "exptorch.a", {"exptorch.a.x_g__mutmut_1": None}, {"x_g": "hash-g"})
+    assert mutation.restore_verdicts() == 0
+    assert "holds mutmut 3.9.0's verdicts, not mutmut 3.8.1's" in capsys.readouterr().out
+    assert mutation.verdicts() == {"exptorch.a.x_g__mutmut_1": None}
+
+
+def test_a_meta_file_read_while_mutmut_rewrites_it_is_read_again(
+    mutation: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": 1})
+    meta = mutation.WORKSPACE / "mutants/exptorch/a.py.meta"
+    whole = meta.read_text()
+    meta.write_text(whole[: len(whole) // 2])  # mutmut is halfway through writing it
+    monkeypatch.setattr(mutation.time, "sleep", lambda _s: meta.write_text(whole))
+    assert mutation.verdicts() == {"exptorch.a.x_f__mutmut_1": 1}
+    meta.write_text(whole[:10])
+    monkeypatch.setattr(mutation.time, "sleep", lambda _s: None)
+    with pytest.raises(json.JSONDecodeError):
+        mutation.verdicts()
+
+
+def test_each_mutmut_run_ends_by_keeping_its_verdicts(mutation: ModuleType, tmp_path: Path) -> None:
+    """Also one that fails or is stopped: what it checked until then is kept."""
+    fake = tmp_path / "mutmut"
+    meta = {"exit_code_by_key": {"exptorch.a.x_f__mutmut_1": 1}, "hash_by_function_name": {}}
+    fake.write_text(
+        f"#!{sys.executable}\nimport pathlib, sys\n"
+        "pathlib.Path('mutants/exptorch').mkdir(parents=True)\n"
+        f"pathlib.Path('mutants/exptorch/a.py.meta').write_text({json.dumps(meta)!r})\n"
+        "sys.exit(2)\n"
+    )
+    fake.chmod(0o755)
+    assert mutation.run_mutmut(str(fake), ["exptorch.a.*"], 2, dict(os.environ)) == 2
+    kept = json.loads(mutation.STORE.read_text())["functions"]
+    assert kept == {"exptorch.a.x_f": {"hash": "", "verdicts": {"1": 1}}}
