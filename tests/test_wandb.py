@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,21 @@ BLOCK = 32768
 HEADER = 7
 
 
-def read_wandb(path: Path) -> dict[str, Any]:
-    """Run id, config, history rows and final summary from one ``run-ID.wandb`` file."""
-    data = path.read_bytes()
+def read_wandb(path: Path, wait_s: float = 30.0) -> dict[str, Any]:
+    """Run id, config, history rows, final summary and exit code from one ``run-ID.wandb``
+    file of a finished run. W&B's service process writes the file on its own and may still be
+    writing it when ``finish()`` returns (seen on a loaded machine: the header and no records
+    yet), so the file is read again until it holds the exit record, for up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while (out := parse_wandb(path.read_bytes()))["exit"] is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return out
+
+
+def parse_wandb(data: bytes) -> dict[str, Any]:
+    out: dict[str, Any] = {"run_id": None, "config": {}, "history": [], "summary": {}, "exit": None}
+    if not data:  # not written yet
+        return out
     ident, magic, version = struct.unpack("<4sHB", data[:HEADER])
     assert (ident, magic, version) == (b":W&B", 0xBEE1, 0)
     payloads, pending, pos = [], b"", HEADER
@@ -42,6 +55,8 @@ def read_wandb(path: Path) -> dict[str, Any]:
             pos += left
             continue
         _checksum, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if pos + HEADER + length > len(data):  # still being written
+            break
         chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == 1:
@@ -52,7 +67,6 @@ def read_wandb(path: Path) -> dict[str, Any]:
             pending += chunk
         elif kind == 4:
             payloads.append(pending + chunk)
-    out: dict[str, Any] = {"run_id": None, "config": {}, "history": [], "summary": {}, "exit": None}
 
     def key(item: Any) -> str:
         return item.key or ".".join(item.nested_key)
