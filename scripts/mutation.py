@@ -494,15 +494,23 @@ def main() -> int:
         return run_sample(args.sample, args.seed, mutmut, args.max_children, env, args.again)
     if not args.score:
         write_config(args.tests)
-        names = globs
-        if globs and not args.again:
-            names = unsettled(globs, mutmut, args.max_children, env)
-        if names:
-            code = run_mutmut(mutmut, names, args.max_children, env)
-            if code:
-                return code
+        code = run_modules(globs, args.again, mutmut, args.max_children, env)
+        if code:
+            return code
     print_scores(scores(globs))
     return 0
+
+
+def run_modules(
+    globs: list[str], again: bool, mutmut: str, max_children: int, env: dict[str, str]
+) -> int:
+    """Check the mutants of these modules without a verdict or that survived (all of them,
+    if ``again``). No module named: mutmut's own run over the whole tree, which checks every
+    mutant without a verdict, cheapest first (or every mutant, if ``again``)."""
+    if not globs:
+        return run_mutmut(mutmut, ["exptorch*"] if again else [], max_children, env)
+    names = globs if again else unsettled(globs, mutmut, max_children, env)
+    return run_mutmut(mutmut, names, max_children, env) if names else 0
 
 
 def unsettled(globs: list[str], mutmut: str, max_children: int, env: dict[str, str]) -> list[str]:

@@ -428,3 +428,23 @@ def test_each_mutmut_run_ends_by_keeping_its_verdicts(mutation: ModuleType, tmp_
     assert mutation.run_mutmut(str(fake), ["exptorch.a.*"], 2, dict(os.environ)) == 2
     kept = json.loads(mutation.STORE.read_text())["functions"]
     assert kept == {"exptorch.a.x_f": {"hash": "", "verdicts": {"1": 1}}}
+
+
+def test_a_run_without_module_names_checks_the_whole_tree(
+    mutation: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mutmut given no name checks every mutant without a verdict; given names, it checks
+    every mutant they match, killed ones too."""
+    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": 1,
+               "exptorch.a.x_f__mutmut_2": 0})  # fmt: skip
+    runs: list[list[str]] = []
+    monkeypatch.setattr(mutation, "run_mutmut", lambda _m, names, _c, _e: runs.append(names) or 0)
+    monkeypatch.setattr(mutation, "unsettled", lambda globs, *_: ["exptorch.a.x_f__mutmut_2"])
+    assert mutation.run_modules([], False, "mutmut", 2, {}) == 0
+    assert mutation.run_modules([], True, "mutmut", 2, {}) == 0
+    assert mutation.run_modules(["exptorch.a.*"], False, "mutmut", 2, {}) == 0
+    assert mutation.run_modules(["exptorch.a.*"], True, "mutmut", 2, {}) == 0
+    assert runs == [[], ["exptorch*"], ["exptorch.a.x_f__mutmut_2"], ["exptorch.a.*"]]
+    monkeypatch.setattr(mutation, "unsettled", lambda globs, *_: [])
+    assert mutation.run_modules(["exptorch.a.*"], False, "mutmut", 2, {}) == 0
+    assert len(runs) == 4  # nothing left to check: mutmut is not started
