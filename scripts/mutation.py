@@ -127,15 +127,12 @@ def meta_files() -> list[Path]:
 def read_meta(meta: Path) -> dict[str, Any]:
     """A ``.meta`` file; mutmut rewrites it in place after each mutant, so a read during a run
     can meet a half-written one: read it again."""
-    for attempt in range(20):
+    for _ in range(19):
         try:
-            data: dict[str, Any] = json.loads(meta.read_text())
-            return data
+            return dict(json.loads(meta.read_text()))
         except json.JSONDecodeError:
-            if attempt == 19:
-                raise
             time.sleep(0.1)
-    raise AssertionError("unreachable")
+    return dict(json.loads(meta.read_text()))
 
 
 def verdicts() -> dict[str, int | None]:
@@ -239,13 +236,7 @@ def restore_verdicts() -> int:
         if meta.is_file():
             data = read_meta(meta)
         else:
-            data = {"exit_code_by_key": {}, "hash_by_function_name": {}}
-            data.update(type_check_error_by_key={}, durations_by_key={})
-            data["estimated_durations_by_key"] = {}
-            for function in functions:
-                data["hash_by_function_name"][hash_key(function)] = kept[function]["hash"]
-                for number in kept[function]["verdicts"]:
-                    data["exit_code_by_key"][f"{function}__mutmut_{number}"] = None
+            data = unchecked_meta({f: kept[f] for f in functions})
             meta.parent.mkdir(parents=True, exist_ok=True)
             (WORKSPACE / "mutants" / source).unlink(missing_ok=True)
         given = give_kept_verdicts(data, kept)
@@ -253,6 +244,22 @@ def restore_verdicts() -> int:
             write_whole(meta, json.dumps(data, indent=4))
         restored += given
     return restored
+
+
+def unchecked_meta(kept: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A ``.meta`` file's content, as mutmut's ``SourceFileMutationData`` loads it, for the
+    functions ``kept`` names: their hashes, and their mutants not checked yet."""
+    return {
+        "exit_code_by_key": {
+            f"{function}__mutmut_{number}": None
+            for function, entry in kept.items()
+            for number in entry["verdicts"]
+        },
+        "hash_by_function_name": {hash_key(f): entry["hash"] for f, entry in kept.items()},
+        "type_check_error_by_key": {},
+        "durations_by_key": {},
+        "estimated_durations_by_key": {},
+    }
 
 
 def give_kept_verdicts(data: dict[str, Any], kept: dict[str, dict[str, Any]]) -> int:
@@ -263,9 +270,8 @@ def give_kept_verdicts(data: dict[str, Any], kept: dict[str, dict[str, Any]]) ->
     for name, code in codes.items():
         function, number = function_of(name)
         entry = kept.get(function)
-        if code is not None or entry is None:
-            continue
-        if entry["hash"] != data["hash_by_function_name"].get(hash_key(function)):
+        digest = data["hash_by_function_name"].get(hash_key(function))
+        if code is not None or entry is None or entry["hash"] != digest:
             continue
         codes[name] = entry["verdicts"].get(number)
         if codes[name] == TYPE_ERROR:
