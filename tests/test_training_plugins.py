@@ -51,13 +51,39 @@ def test_optimizer_options_reach_the_torch_optimizer() -> None:
     sgd = build_optimizer(reg, config, model)
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9
-    adam = optimizers.adam(model, lr=0.001, weight_decay=0.0, adam_beta1=0.8, adam_beta2=0.95)
-    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["betas"] == (0.8, 0.95)
-    adamw = optimizers.adamw(model, lr=0.001, weight_decay=0.05, adamw_no_decay_norm_bias=True)
-    decay, no_decay = adamw.param_groups
+    assert sgd.param_groups[0]["lr"] == 0.1 and sgd.param_groups[0]["weight_decay"] == 0.01
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_each_optimizer_decays_every_weight_unless_told_to_spare_biases_and_norms(
+    name: str,
+) -> None:
+    """`--weight-decay` reaches every optimizer; `--NAME-no-decay-norm-bias` spares exactly
+    the one-dimensional parameters."""
+    model = QuickNet(1, 28, 28, 10)
+    factory = getattr(optimizers, name)
+    (every,) = factory(model, lr=0.001, weight_decay=0.05).param_groups
+    assert every["weight_decay"] == 0.05 and len(every["params"]) == len(list(model.parameters()))
+    split = factory(model, lr=0.001, weight_decay=0.05, **{f"{name}_no_decay_norm_bias": True})
+    decay, no_decay = split.param_groups
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
+def test_adam_and_adamw_take_their_betas_and_learning_rate(name: str, kind: type) -> None:
+    betas = {f"{name}_beta1": 0.8, f"{name}_beta2": 0.95}
+    optimizer = getattr(optimizers, name)(
+        QuickNet(1, 28, 28, 10), lr=0.002, weight_decay=0.0, **betas
+    )
+    assert isinstance(optimizer, kind)
+    assert (optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["lr"]) == (
+        (0.8, 0.95),
+        0.002,
+    )
 
 
 def test_momentum_is_refused_for_an_optimizer_without_it(tmp_path: Path) -> None:
