@@ -175,6 +175,39 @@ def test_hook_that_raises_is_reported_and_others_still_register(make_plugins) ->
     assert problem.plugin == "exploding" and "RuntimeError: boom" in problem.message
 
 
+def test_plugins_show_describes_a_plugin_by_its_name_or_a_name_it_registered(make_plugins) -> None:
+    """`expt plugins show NAME --json`: the owning plugin, its hooks, each option's flag, key,
+    type, default and choices, and only that plugin's problems."""
+    from exptorch.cli import describe_plugin
+
+    class Exploding:
+        @hookimpl
+        def register_models(self, register):
+            raise RuntimeError("boom")
+
+    plugins = make_plugins(("exploding", Exploding()))
+    shown = describe_plugin(plugins, "sgd")  # a registered name: its plugin is shown
+    assert (shown["name"], shown["hooks"], shown["problems"]) == (
+        "optimizers", ["register_optimizers"], []
+    )  # fmt: skip
+    options = {o["flag"]: o for r in shown["registered"] for o in r["options"]}
+    assert options["--sgd-nesterov"] == {
+        "flag": "--sgd-nesterov", "key": "sgd_nesterov", "type": "flag", "default": False,
+        "choices": None, "help": "Nesterov momentum (needs --momentum).",
+    }  # fmt: skip
+    assert (options["--adam-beta1"]["type"], options["--adam-beta1"]["default"]) == ("float", 0.9)
+    folder = describe_plugin(plugins, "folder")
+    channels = next(o for r in folder["registered"] for o in r["options"] if o["choices"])
+    assert (channels["key"], channels["choices"]) == ("folder_channels", ["auto", "1", "3"])
+    assert describe_plugin(plugins, "exploding")["problems"] == [plugins.problems[0].message]
+    with pytest.raises(ExptError) as unknown:
+        describe_plugin(plugins, "resnet")
+    prefix, listed = str(unknown.value).split("; plugins: ")
+    names = listed.removesuffix(".").split(", ")
+    assert prefix == "No plugin or registered name 'resnet'"
+    assert names == sorted(names) and {"exploding", "folder", "optimizers"} <= set(names)
+
+
 def test_plugin_with_unknown_hook_is_rejected_not_fatal(make_plugins) -> None:
     class Typo:
         @hookimpl
