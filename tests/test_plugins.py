@@ -178,7 +178,7 @@ def test_hook_that_raises_is_reported_and_others_still_register(make_plugins) ->
 def test_plugins_show_describes_a_plugin_by_its_name_or_a_name_it_registered(make_plugins) -> None:
     """`expt plugins show NAME --json`: the owning plugin, its hooks, each option's flag, key,
     type, default and choices, and only that plugin's problems."""
-    from exptorch.cli import describe_plugin
+    from exptorch.cli import describe_plugin, describe_plugins
 
     class Exploding:
         @hookimpl
@@ -200,6 +200,8 @@ def test_plugins_show_describes_a_plugin_by_its_name_or_a_name_it_registered(mak
     channels = next(o for r in folder["registered"] for o in r["options"] if o["choices"])
     assert (channels["key"], channels["choices"]) == ("folder_channels", ["auto", "1", "3"])
     assert describe_plugin(plugins, "exploding")["problems"] == [plugins.problems[0].message]
+    listed = {row["name"]: row for row in describe_plugins(plugins)["plugins"]}
+    assert listed["optimizers"]["hooks"] == shown["hooks"]  # `expt plugins --json` agrees
     with pytest.raises(ExptError) as unknown:
         describe_plugin(plugins, "resnet")
     prefix, listed = str(unknown.value).split("; plugins: ")

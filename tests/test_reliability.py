@@ -397,6 +397,42 @@ def test_an_error_in_setup_after_the_folder_exists_is_recorded(tmp_path: Path) -
     assert RunDir.is_locked(tmp_path / "runs" / "s") is False
 
 
+def test_a_resumed_run_that_cannot_start_keeps_its_epoch_and_finishes_its_started_loggers(
+    tmp_path: Path,
+) -> None:
+    """A logger that refuses to start fails the resumed run: state.json says so and still
+    names the epoch its checkpoints reach, and a logger already started is told "failed"."""
+    from exptorch import Logger
+
+    finished: list[str] = []
+
+    class Recording(Logger):
+        def __init__(self, run) -> None:
+            pass
+
+        def finish(self, state: str) -> None:
+            finished.append(state)
+
+    class Refusing(Logger):
+        def __init__(self, run) -> None:
+            raise ExptError("The logger cannot start.")
+
+    class Plugin:
+        @hookimpl
+        def register_loggers(self, register):
+            register("recording", Recording)
+            register("refusing", Refusing)
+
+    plugins = make_plugins(("loggers", Plugin()))
+    run = run_expt(plugins, tmp_path / "runs", echo=lambda _: None, name="r", epochs=1)
+    assert state(run)["epoch"] == 1
+    with pytest.raises(ExptError, match="cannot start"):
+        resume_expt(plugins, run, echo=lambda _: None, epochs=2, logger=["recording", "refusing"])
+    recorded = state(run)
+    assert (recorded["state"], recorded["epoch"]) == ("failed", 1)
+    assert finished == ["failed"] and RunDir.is_locked(run) is False
+
+
 # --- items 18 and 20: signals ---
 
 

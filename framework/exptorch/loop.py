@@ -469,7 +469,7 @@ class Trainer:
         state = (
             "interrupted" if isinstance(error, (KeyboardInterrupt, RunInterrupted)) else "failed"
         )
-        self.record_end(state, error, epoch=self.completed)
+        self.record_end(state, error)  # the epoch stays the one the folder was opened at
 
     def record_end(self, state: str, error: BaseException | None, **fields: Any) -> None:
         """Write the final state, with why it failed or stopped, and release the folder's lock."""

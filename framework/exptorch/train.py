@@ -283,11 +283,10 @@ def open_run(trainer: Trainer, parts: Parts, splits: Splits, resume: ResumePoint
     info = splits.info
     record = {"versions": versions(), "dataset": info.to_dict(), "device": str(run.device)}
     trainer.run_dir = assemble.open_run_dir(config, trainer.plugins, parts, world, resume, record)
-    if world.is_main:
-        trainer.loggers = [
-            GuardedLogger(reg.name, reg.factory(run, **plugin_kwargs(reg, config)))
-            for reg in parts.loggers
-        ]
+    if world.is_main:  # one at a time: if one cannot start, those started are finished
+        for reg in parts.loggers:
+            logger = reg.factory(run, **plugin_kwargs(reg, config))
+            trainer.loggers.append(GuardedLogger(reg.name, logger))
     else:
         trainer.echo = lambda _: None
     trainer.meta = {
