@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 from pathlib import Path
 
 import pytest
@@ -177,11 +178,25 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_once(plugins, tmp_path, monkeyp
 
     monkeypatch.setattr(assemble, "cpu_features", lambda: {"fpu", "avx2", "fma"})  # AVX2 only
     run_experiment(config(tmp_path, "bf", epochs=1, precision="bf16"), plugins, echo=print)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == [
+    warnings = [(r.name, r.getMessage()) for r in caplog.records if r.levelname == "WARNING"]
+    message = (
         "--precision bf16: this CPU has no AVX512-BF16 or AMX-BF16 instructions, so bf16 is "
         "emulated and typically several times slower than fp32 (13x measured on an AVX2-only "
         "EPYC); use --precision fp32 (the default on CPU)."
-    ]
+    )
+    assert warnings == [("exptorch", message)]  # on the logger `expt` prints
     assert not assemble.warn_emulated_precision("bf16", {"avx2", "avx512f", "avx512_bf16"})
+    assert assemble.warn_emulated_precision("fp16", {"avx2", "avx512f", "avx512_bf16"})
     assert not assemble.warn_emulated_precision("bf16", set())  # not an x86 CPU we can judge
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64") or not Path("/proc/cpuinfo").exists(),
+    reason="reads an x86 Linux CPU's flags",
+)
+def test_cpu_features_are_this_cpus_flags() -> None:
+    from exptorch.assemble import cpu_features
+
+    features = cpu_features()
+    assert "sse2" in features  # every x86-64 CPU has it
+    assert all(flag and ":" not in flag for flag in features)
