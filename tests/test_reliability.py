@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -559,8 +560,15 @@ def test_verbose_says_what_was_resolved_and_very_verbose_each_step(expt) -> None
     assert "info: plugins used: model quicknet (quicknet, exptorch)" in result.stderr
     assert "info: data: 6,000 train images in 8 batches of 16 per epoch" in result.stderr
     assert "debug:" not in result.stderr
+    started = time.perf_counter()
     result = expt("-vv", *TINY, "--epochs", "1", "--name", "vv", check=True)
-    assert "debug: epoch 1 step 8: loss " in result.stderr
+    elapsed_ms = 1000 * (time.perf_counter() - started)
+    steps = re.findall(
+        r"debug: epoch 1 step (\d+): loss [\d.]+, lr [\d.e-]+, ([\d.]+) ms", result.stderr
+    )
+    assert [int(step) for step, _ in steps] == list(range(1, 9))
+    step_ms = [float(ms) for _, ms in steps]  # each step's time, within the process's own
+    assert all(ms > 0 for ms in step_ms) and sum(step_ms) < elapsed_ms, step_ms
 
 
 def test_tensorboard_hparams_hold_only_the_options_of_plugins_used(tmp_path: Path) -> None:

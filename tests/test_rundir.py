@@ -97,3 +97,44 @@ def test_a_run_folder_made_by_another_process_meanwhile_is_kept_and_named(
     assert str(caught.value) == f"Run {runs / 'same'} already exists; choose another --name."
     assert (runs / "same" / "metrics.jsonl").read_text() == '{"step": 1}\n'
     assert sorted(p.name for p in runs.iterdir()) == ["same"]
+
+
+def test_a_lock_taken_before_its_holder_wrote_its_pid_is_one_sentence(tmp_path: Path) -> None:
+    """The holder empties `.lock` before writing its pid: a second process meanwhile is told
+    the folder is busy, without a process number."""
+    import fcntl
+    import os
+
+    from exptorch.rundir import LOCK_NAME
+
+    made = RunDir.create(tmp_path / "runs", "r")
+    made.unlock()
+    path = made.path
+    fd = os.open(path / LOCK_NAME, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        with pytest.raises(ExptError) as busy:
+            RunDir(path).lock()
+    finally:
+        os.close(fd)
+    assert str(busy.value) == (
+        f"{path} is being trained by another process; wait for it to end, or stop it, "
+        "before continuing this run."
+    )
+
+
+def test_a_state_rewritten_in_place_reads_as_write_json_writes_it(tmp_path: Path) -> None:
+    """On a full disk state.json is overwritten in its own blocks: the same text as the
+    atomic write, the old tail cut off, a new file made if there was none."""
+    from exptorch.rundir import _rewrite_in_place, write_json
+
+    data = {"state": "failed", "epoch": 3, "checkpoint": tmp_path / "epoch-003.pt"}
+    write_json(tmp_path / "atomic.json", data)
+    expected = (tmp_path / "atomic.json").read_text()
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"state": "running", "padding": "x" * 1000}))
+    assert _rewrite_in_place(state, data) is True and state.read_text() == expected
+    assert _rewrite_in_place(tmp_path / "new.json", data) is True
+    assert (tmp_path / "new.json").read_text() == expected
+    assert _rewrite_in_place(tmp_path / "missing" / "state.json", data) is False
