@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -103,7 +105,6 @@ def test_a_lock_taken_before_its_holder_wrote_its_pid_is_one_sentence(tmp_path: 
     """The holder empties `.lock` before writing its pid: a second process meanwhile is told
     the folder is busy, without a process number."""
     import fcntl
-    import os
 
     from exptorch.rundir import LOCK_NAME
 
@@ -138,3 +139,35 @@ def test_a_state_rewritten_in_place_reads_as_write_json_writes_it(tmp_path: Path
     assert _rewrite_in_place(tmp_path / "new.json", data) is True
     assert (tmp_path / "new.json").read_text() == expected
     assert _rewrite_in_place(tmp_path / "missing" / "state.json", data) is False
+
+
+HINT = "then continue with: expt run --resume runs/r"
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (errno.ENOSPC, "; free some space, " + HINT),
+        (errno.EDQUOT, "; free some space (the disk quota is reached), " + HINT),
+        (errno.EROFS, "; choose a writable --runs-dir"),
+        (errno.EACCES, "; choose a --runs-dir you can write to"),
+        (errno.EPERM, "; choose a --runs-dir you can write to"),
+        (errno.ENAMETOOLONG, "; choose a shorter --name or --runs-dir"),
+        (errno.ENOTDIR, "; choose a --runs-dir that is a folder"),
+        (errno.EIO, ""),  # nothing a user can do: the reason alone
+    ],
+)
+def test_a_disk_error_is_one_sentence_with_what_to_do(code: int, advice: str) -> None:
+    """The resume hint only follows a full disk, where trying again can succeed."""
+    from exptorch.rundir import disk_error
+
+    error = disk_error(OSError(code, os.strerror(code)), "write runs/r/state.json", HINT)
+    assert str(error) == f"Cannot write runs/r/state.json: {os.strerror(code)}{advice}."
+
+
+def test_a_disk_error_without_an_errno_or_a_hint_is_still_one_sentence() -> None:
+    from exptorch.rundir import disk_error
+
+    full = disk_error(OSError(errno.ENOSPC, "No space left on device"), "save epoch-002.pt")
+    assert str(full) == "Cannot save epoch-002.pt: No space left on device; free some space."
+    assert str(disk_error(OSError("torn"), "read x")) == "Cannot read x: torn."
