@@ -60,6 +60,31 @@ def test_random_crop_flip_keeps_content_and_is_seeded() -> None:
         assert len(values) >= 3 * 4 * 4  # at most 2 of 8 rows/cols lost per side
 
 
+def test_random_crop_flip_takes_a_window_of_the_padded_image_mirrored_or_not() -> None:
+    """Each image becomes an h x w window of itself with 4 zero pixels (the default padding)
+    on every side, mirrored left to right or not: the window's row and column offsets are
+    drawn independently from 0 to 8, and some images are mirrored and some not."""
+    import torch.nn.functional as F
+
+    images = torch.rand(64, 2, 6, 7) + 1  # every pixel differs and none is a padding zero
+    out = random_crop_flip(images, torch.Generator().manual_seed(3))
+    padded = F.pad(images, (4, 4, 4, 4))
+    found = []
+    for image, crop in zip(padded, out, strict=True):
+        views = {(dy, dx): image[:, dy : dy + 6, dx : dx + 7] for dy in range(9) for dx in range(9)}
+        windows = [
+            (dy, dx, mirrored)
+            for (dy, dx), view in views.items()
+            for mirrored in (False, True)
+            if torch.equal(crop, view.flip(-1) if mirrored else view)
+        ]
+        assert len(windows) == 1, windows
+        found.extend(windows)
+    offsets = {dy for dy, _, _ in found} | {dx for _, dx, _ in found}
+    assert {0, 8} <= offsets and any(dy != dx for dy, dx, _ in found)
+    assert {mirrored for _, _, mirrored in found} == {False, True}
+
+
 def test_crop_without_padding_is_flip_or_identity() -> None:
     images = torch.rand(16, 1, 5, 5)
     out = random_crop_flip(images, torch.Generator().manual_seed(1), padding=0)
