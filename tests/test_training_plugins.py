@@ -377,6 +377,48 @@ def test_transforms_reach_training_but_never_the_test_split(tmp_path: Path) -> N
     assert saved_config(run)["transform"] == ["spy"]
 
 
+def test_each_batch_of_each_epoch_transforms_with_its_own_generator(tmp_path: Path) -> None:
+    """A transform draws from `batch_generator(seed, epoch, batch, rank)`: a new generator for
+    every batch of every epoch, made from the run's seed (so a resumed run draws the same)."""
+    from exptorch.loop import batch_generator
+
+    drawn: list[int] = []
+
+    class RecordingPlugin:
+        @hookimpl
+        def register_transforms(self, register: Any) -> None:
+            def build(info: DatasetInfo, **_: Any) -> Any:
+                def transform(images: Any, targets: Any, generator: Any) -> Any:
+                    drawn.append(generator.initial_seed())
+                    return images, targets
+
+                return transform
+
+            register("record", build)
+
+    run_expt(
+        make_plugins(("record", RecordingPlugin())), tmp_path / "runs", transform=["record"],
+        epochs=2, seed=5, limit_train_batches=3, echo=lambda _: None,
+    )  # fmt: skip
+    expected = [
+        batch_generator(5, epoch, batch).initial_seed() for epoch in (1, 2) for batch in range(3)
+    ]
+    assert drawn == expected and len(set(drawn)) == 6
+
+
+def test_batch_generators_differ_for_every_seed_epoch_batch_and_rank() -> None:
+    from exptorch.loop import batch_generator
+
+    keys = [
+        (seed, epoch, batch, rank)
+        for seed in (0, 1, 2**31 - 1)
+        for epoch in (1, 2, 3)
+        for batch in range(50)
+        for rank in (0, 1)
+    ]
+    assert len({batch_generator(*key).initial_seed() for key in keys}) == len(keys)
+
+
 # --- metrics and --monitor -------------------------------------------------------------------
 
 
