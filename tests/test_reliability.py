@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import EXPT
-from exptorch import ExptError, hookimpl
+from exptorch import ExptError, Logger, hookimpl
 from exptorch.checkpoint import checkpoint_files, latest_checkpoint, load_checkpoint
 from exptorch.rundir import RunDir, read_json, read_metrics
 from exptorch.testing import make_plugins, resume_expt, run_expt
@@ -354,8 +354,6 @@ def test_a_plugin_error_in_run_start_leaves_failed_with_the_reason(expt, tmp_pat
 def test_ctrl_c_after_the_folder_exists_leaves_interrupted_not_failed(
     tmp_path: Path, where: str
 ) -> None:
-    from exptorch import Logger
-
     class CtrlC(Logger):
         def __init__(self, run) -> None:
             raise KeyboardInterrupt
@@ -378,19 +376,25 @@ def test_ctrl_c_after_the_folder_exists_leaves_interrupted_not_failed(
     assert RunDir.is_locked(tmp_path / "runs" / "p") is False
 
 
+class RefusingLogger(Logger):
+    def __init__(self, run) -> None:
+        raise ExptError("The logger cannot start.")
+
+
+class LoggersPlugin:
+    """Registers the loggers it is given, by name."""
+
+    def __init__(self, **loggers) -> None:
+        self.loggers = loggers
+
+    @hookimpl
+    def register_loggers(self, register):
+        for name, factory in self.loggers.items():
+            register(name, factory)
+
+
 def test_an_error_in_setup_after_the_folder_exists_is_recorded(tmp_path: Path) -> None:
-    from exptorch import Logger
-
-    class Refusing(Logger):
-        def __init__(self, run) -> None:
-            raise ExptError("The logger cannot start.")
-
-    class Plugin:
-        @hookimpl
-        def register_loggers(self, register):
-            register("refusing", Refusing)
-
-    plugins = make_plugins(("refusing", Plugin()))
+    plugins = make_plugins(("refusing", LoggersPlugin(refusing=RefusingLogger)))
     with pytest.raises(ExptError, match="cannot start"):
         run_expt(plugins, tmp_path / "runs", echo=lambda _: None, name="s", logger=["refusing"])
     recorded = state(tmp_path / "runs" / "s")
@@ -403,8 +407,6 @@ def test_a_resumed_run_that_cannot_start_keeps_its_epoch_and_finishes_its_starte
 ) -> None:
     """A logger that refuses to start fails the resumed run: state.json says so and still
     names the epoch its checkpoints reach, and a logger already started is told "failed"."""
-    from exptorch import Logger
-
     finished: list[str] = []
 
     class Recording(Logger):
@@ -414,17 +416,7 @@ def test_a_resumed_run_that_cannot_start_keeps_its_epoch_and_finishes_its_starte
         def finish(self, state: str) -> None:
             finished.append(state)
 
-    class Refusing(Logger):
-        def __init__(self, run) -> None:
-            raise ExptError("The logger cannot start.")
-
-    class Plugin:
-        @hookimpl
-        def register_loggers(self, register):
-            register("recording", Recording)
-            register("refusing", Refusing)
-
-    plugins = make_plugins(("loggers", Plugin()))
+    plugins = make_plugins(("loggers", LoggersPlugin(recording=Recording, refusing=RefusingLogger)))
     run = run_expt(plugins, tmp_path / "runs", echo=lambda _: None, name="r", epochs=1)
     assert state(run)["epoch"] == 1
     with pytest.raises(ExptError, match="cannot start"):
@@ -657,7 +649,6 @@ def test_a_signal_while_setting_up_stops_before_the_run_folder_is_written(
 
 
 def test_a_failing_logger_is_switched_off_with_one_warning(caplog) -> None:
-    from exptorch import Logger
     from exptorch.loggers import GuardedLogger
 
     class Unreachable(Logger):
