@@ -13,23 +13,19 @@ from exptorch.rundir import read_metrics
 
 ARGS = [
     "run", "--dataset", "fashion-mnist-sample", "--device", "cpu", "--epochs", "2",
-    "--batch-size", "64", "--limit-train-batches", "15", "--log-every", "5",
+    "--batch-size", "64", "--limit-train-batches", "15", "--log-every", "5", "--seed", "11",
     "--momentum", "0.9", "--channels-last", "off",
 ]  # fmt: skip
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(expt, tmp_path: Path, plugins) -> None:
-    """Without --seed each process draws one: rank 0's reaches the other, so the two
-    processes' shards of each epoch match one process's epoch with that seed."""
+    single = expt(*ARGS, "--name", "single")
+    assert single.returncode == 0, single.stderr
     ddp = expt(*ARGS, "--name", "ddp", "--nproc-per-node", "2", env={"OMP_NUM_THREADS": "1"})
     assert ddp.returncode == 0, ddp.stderr + ddp.stdout
-    runs = tmp_path / "runs"
-    config = json.loads((runs / "ddp" / "config.json").read_text())["config"]
-    assert config["nproc_per_node"] == 2
-    single = expt(*ARGS, "--name", "single", "--seed", str(config["seed"]))
-    assert single.returncode == 0, single.stderr
 
+    runs = tmp_path / "runs"
     # Only rank 0 wrote: one run folder, one line per metric, one checkpoint per epoch.
     assert sorted(p.name for p in runs.iterdir()) == ["ddp", "single"]
     assert ddp.stdout.count("epoch 2/2") == 1
@@ -39,6 +35,9 @@ def test_two_gloo_processes_match_one_process(expt, tmp_path: Path, plugins) -> 
         for key in ("train_loss", "test_loss", "test_accuracy", "epoch_train_loss"):
             if key in x:
                 assert y[key] == pytest.approx(x[key], rel=1e-3, abs=1e-3), (key, x, y)
+    config = json.loads((runs / "ddp" / "config.json").read_text())["config"]
+    assert config["nproc_per_node"] == 2 and config["seed"] == 11
+
     # The DDP checkpoint is a plain state dict that one process loads.
     ddp_ckpt = load_checkpoint(plugins, runs / "ddp" / "checkpoints" / "epoch-002.pt")
     one_ckpt = load_checkpoint(plugins, runs / "single" / "checkpoints" / "epoch-002.pt")
