@@ -200,8 +200,8 @@ def test_plugins_show_describes_a_plugin_by_its_name_or_a_name_it_registered(mak
     channels = next(o for r in folder["registered"] for o in r["options"] if o["choices"])
     assert (channels["key"], channels["choices"]) == ("folder_channels", ["auto", "1", "3"])
     assert describe_plugin(plugins, "exploding")["problems"] == [plugins.problems[0].message]
-    listed = {row["name"]: row for row in describe_plugins(plugins)["plugins"]}
-    assert listed["optimizers"]["hooks"] == shown["hooks"]  # `expt plugins --json` agrees
+    rows = {row["name"]: row for row in describe_plugins(plugins)["plugins"]}
+    assert rows["optimizers"]["hooks"] == shown["hooks"]  # `expt plugins --json` agrees
     with pytest.raises(ExptError) as unknown:
         describe_plugin(plugins, "resnet")
     prefix, listed = str(unknown.value).split("; plugins: ")

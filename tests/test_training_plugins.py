@@ -79,11 +79,8 @@ def test_adam_and_adamw_take_their_betas_and_learning_rate(name: str, kind: type
     optimizer = getattr(optimizers, name)(
         QuickNet(1, 28, 28, 10), lr=0.002, weight_decay=0.0, **betas
     )
-    assert isinstance(optimizer, kind)
-    assert (optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["lr"]) == (
-        (0.8, 0.95),
-        0.002,
-    )
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, kind) and (group["betas"], group["lr"]) == ((0.8, 0.95), 0.002)
 
 
 def test_momentum_is_refused_for_an_optimizer_without_it(tmp_path: Path) -> None:
@@ -384,17 +381,14 @@ def test_each_batch_of_each_epoch_transforms_with_its_own_generator(tmp_path: Pa
 
     drawn: list[int] = []
 
+    def record(images: Any, targets: Any, generator: Any) -> Any:
+        drawn.append(generator.initial_seed())
+        return images, targets
+
     class RecordingPlugin:
         @hookimpl
         def register_transforms(self, register: Any) -> None:
-            def build(info: DatasetInfo, **_: Any) -> Any:
-                def transform(images: Any, targets: Any, generator: Any) -> Any:
-                    drawn.append(generator.initial_seed())
-                    return images, targets
-
-                return transform
-
-            register("record", build)
+            register("record", lambda info, **_: record)
 
     run_expt(
         make_plugins(("record", RecordingPlugin())), tmp_path / "runs", transform=["record"],
