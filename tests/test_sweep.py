@@ -23,7 +23,15 @@ import pytest
 from conftest import EXPT
 from exptorch.errors import ExptError
 from exptorch.rundir import read_metrics
-from exptorch.sweep import claim_next, hide_password, open_sweep, trial_config, with_driver
+from exptorch.sweep import (
+    PRUNED_REASON,
+    Sweep,
+    claim_next,
+    hide_password,
+    open_sweep,
+    trial_config,
+    with_driver,
+)
 from exptorch.sweep_file import read_sweep
 
 optuna = pytest.importorskip("optuna")
@@ -760,9 +768,9 @@ def test_timeout_is_the_sweeps_wall_time_over_its_commands(tmp_path: Path, plugi
     assert claim_next(sweep, session=Session()) is None  # the time is spent: no new trial
 
 
-def test_trial_whose_run_ended_before_its_process_died_is_told_not_trained_again(
-    tmp_path: Path, plugins, monkeypatch
-) -> None:
+def killed_before_the_tell(tmp_path: Path, plugins, monkeypatch) -> Sweep:
+    """A one-trial sweep whose process was killed after its run ended but before it told
+    Optuna, and whose owner's pid is gone: the next ``work`` resumes that trial."""
     from exptorch.sweep import HOST, OWNER_ATTR, work
 
     path = write_sweep(tmp_path, 'trials = 1\nsampler = "random"\nseed = 0')
@@ -783,6 +791,15 @@ def test_trial_whose_run_ended_before_its_process_died_is_told_not_trained_again
     sweep.storage.set_trial_user_attr(
         sweep.trial_id(0), OWNER_ATTR, {"host": HOST, "pid": dead.pid}
     )
+    return sweep
+
+
+def test_trial_whose_run_ended_before_its_process_died_is_told_not_trained_again(
+    tmp_path: Path, plugins, monkeypatch
+) -> None:
+    from exptorch.sweep import work
+
+    sweep = killed_before_the_tell(tmp_path, plugins, monkeypatch)
     metrics = (tmp_path / "d/trial-0000/metrics.jsonl").read_text()
 
     lines: list[str] = []
@@ -792,6 +809,32 @@ def test_trial_whose_run_ended_before_its_process_died_is_told_not_trained_again
     assert (tmp_path / "d/trial-0000/metrics.jsonl").read_text() == metrics
     last = json.loads(metrics.splitlines()[-1])
     assert sweep.study.best_value == pytest.approx(last["test_accuracy"])
+
+
+@pytest.mark.parametrize(
+    ("reason", "told"),
+    [
+        (f"{PRUNED_REASON} (median pruner)", ("pruned", "at epoch 1")),
+        ("stopped by a user's callback", ("complete", "")),  # ended: not trained on
+    ],
+)
+def test_trial_stopped_before_its_process_died_is_told_pruned_or_complete_not_trained_on(
+    tmp_path: Path, plugins, monkeypatch, reason: str, told: tuple[str, str]
+) -> None:
+    from exptorch.sweep import work
+
+    sweep = killed_before_the_tell(tmp_path, plugins, monkeypatch)
+    state_file = tmp_path / "d/trial-0000/state.json"
+    state = json.loads(state_file.read_text())
+    # as a callback leaves a run it stopped (the 1-epoch run itself finished)
+    state.update(state="stopped", stop_reason=reason, epoch=1)
+    state_file.write_text(json.dumps(state))
+
+    lines: list[str] = []
+    results = work(sweep, plugins, device="cpu", echo=lines.append)
+    assert [(r.number, r.state, r.message) for r in results] == [(0, *told)]
+    assert not any("epoch 1/1" in line for line in lines)  # told from its folder
+    assert sweep.study.trials[0].state.name == told[0].upper()
 
 
 def test_a_grid_over_a_stepped_uniform_range_takes_each_step_up_to_the_end(

@@ -650,13 +650,15 @@ def run_trial(
 def _ended_run(
     sweep: Sweep, trial: optuna.trial.Trial, claim: Claim, run_path: Path
 ) -> TrialResult | None:
-    """A resumed trial whose run had ended before its process died: tell Optuna, no training."""
+    """A resumed trial whose run had ended before its process died: tell Optuna as its
+    process would have (pruned, or complete with its last value), no training. A run a
+    callback stopped has ended too: resuming it would train on past the stop."""
     state = read_json(run_path / "state.json")
-    if state.get("state") == "finished":
-        return _tell(sweep, trial, claim.number, run_path, None)
     reason = str(state.get("stop_reason") or "")
     if state.get("state") == "stopped" and reason.startswith(PRUNED_REASON):
         return _tell(sweep, trial, claim.number, run_path, int(state.get("epoch") or 0))
+    if state.get("state") in ("finished", "stopped"):
+        return _tell(sweep, trial, claim.number, run_path, None)
     return None
 
 
