@@ -826,3 +826,33 @@ def test_safetensors_names_a_sidecar_of_another_kind_and_a_missing_state_file(
     with pytest.raises(ValueError) as info:
         safetensors.load(path)
     assert str(info.value) == f"{sidecar_path.name} is not an exptorch safetensors sidecar"
+
+
+def test_safetensors_names_weights_other_than_those_its_sidecar_lists(
+    plugins, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    path = save(plugins, "safetensors", trained_checkpoint(), tmp_path)
+    sidecar_path = path.with_name(path.name + ".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    save_file({"another.weight": torch.zeros(3)}, str(path))  # a whole file, the wrong tensors
+    sidecar["weights"]["bytes"] = path.stat().st_size
+    sidecar_path.write_text(json.dumps(sidecar))
+    with pytest.raises(ValueError) as info:
+        fmt(plugins, "safetensors").load(path)
+    assert str(info.value) == f"{path.name} does not hold the tensors its sidecar lists"
+
+
+def test_safetensors_sidecar_without_config_or_meta_loads_them_empty(
+    plugins, tmp_path: Path
+) -> None:
+    checkpoint = trained_checkpoint()
+    path = save(plugins, "safetensors", checkpoint, tmp_path)
+    sidecar_path = path.with_name(path.name + ".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    del sidecar["config"], sidecar["meta"]
+    sidecar_path.write_text(json.dumps(sidecar))
+    loaded = fmt(plugins, "safetensors").load(path)
+    assert (loaded.config, loaded.meta) == ({}, {})
+    assert loaded.epoch == checkpoint.epoch
