@@ -210,3 +210,33 @@ def test_quicknet_takes_images_down_to_8x8_and_says_why_it_refuses_smaller() -> 
         # the network itself refuses too, for code that builds it without the plugin
         with pytest.raises(ValueError, match=f"at least 8x8 pixels, not {height}x{width}$"):
             QuickNet(1, height, width, 3)
+
+
+class FirstPixelClass(torch.nn.Module):
+    """Predicts class 0 for an image whose first (normalised) pixel is negative, else 1."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        first = images[:, 0, 0, 0]
+        return torch.stack([-first, first], dim=1)
+
+
+def test_prediction_samples_show_the_pixels_in_0_1_and_caption_prediction_and_truth() -> None:
+    from exptorch.data import Batches
+    from exptorch.loop import prediction_samples
+
+    # every grey level; with this mean and std, un-normalising in float32 lands a hair
+    # outside [0, 1] at 0 and 255, which the display must not
+    pixels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).repeat(4, 1, 1, 1)
+    pixels[2:, 0, 0, 0] = 255
+    batches = Batches(pixels, torch.tensor([0, 1, 1, 0]), batch_size=4,
+                      device=torch.device("cpu"), mean=[0.1224], std=[0.338],
+                      shuffle=False)  # fmt: skip
+    seen, shown, captions = prediction_samples(FirstPixelClass(), batches, ["dark", "light"], n=3)
+    assert torch.equal(seen, batches.normalise(pixels[:3]))  # the first 3, as the model saw them
+    assert shown.min() >= 0 and shown.max() <= 1
+    assert torch.allclose(shown, pixels[:3].float() / 255, atol=1e-6)
+    assert captions == [
+        "pred: dark\ntrue: dark",
+        "pred: dark\ntrue: light",
+        "pred: light\ntrue: light",
+    ]

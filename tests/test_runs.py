@@ -70,6 +70,7 @@ def test_list(expt, runs_dir: Path) -> None:
     )
     by_name = {row["name"]: row for row in rows}
     assert set(by_name) == {"base", "faster", "interrupted", "failed", "crashed"}
+    assert {n: Path(r["path"]) for n, r in by_name.items()} == {n: runs_dir / n for n in by_name}
     assert {n: r["state"] for n, r in by_name.items()} == {
         "base": "finished",
         "faster": "finished",
