@@ -573,3 +573,21 @@ def test_fmt_writes_lists_and_mappings_as_json() -> None:
         "50.00%",
         "3",
     )
+
+
+def test_list_skips_hidden_folders_and_links_to_a_listed_run(
+    runs_dir: Path, tmp_path: Path
+) -> None:
+    from exptorch.runs import list_runs
+
+    root, other = tmp_path / "runs", tmp_path / "elsewhere"
+    for folder in (root / "base", root / ".base-being-created", other / "kept"):
+        shutil.copytree(runs_dir / "base", folder)
+    (root / "alias").symlink_to(root / "base")  # the same run under a second name
+    (root / "linked").symlink_to(other / "kept")  # a run kept elsewhere, listed here
+    assert sorted(run.name for run in list_runs(root)) == ["base", "linked"]
+    with pytest.raises(ExptError) as info:
+        list_runs(tmp_path / "missing")
+    assert str(info.value) == (
+        f"{tmp_path / 'missing'} does not exist; pass the folder that holds runs with --runs-dir."
+    )
