@@ -585,9 +585,20 @@ def test_list_skips_hidden_folders_and_links_to_a_listed_run(
         shutil.copytree(runs_dir / "base", folder)
     (root / "alias").symlink_to(root / "base")  # the same run under a second name
     (root / "linked").symlink_to(other / "kept")  # a run kept elsewhere, listed here
-    assert sorted(run.name for run in list_runs(root)) == ["base", "linked"]
+    for folder, started in ((root / "base", 2e9), (other / "kept", 1e9)):
+        state = json.loads((folder / "state.json").read_text())
+        (folder / "state.json").write_text(json.dumps({**state, "started": started}))
+    assert [run.name for run in list_runs(root)] == ["linked", "base"]  # oldest first
     with pytest.raises(ExptError) as info:
         list_runs(tmp_path / "missing")
     assert str(info.value) == (
         f"{tmp_path / 'missing'} does not exist; pass the folder that holds runs with --runs-dir."
+    )
+
+
+def test_json_output_is_indented_by_two_spaces() -> None:
+    from exptorch.runs import to_json
+
+    assert to_json({"final": {"test_accuracy": 0.5}}) == (
+        '{\n  "final": {\n    "test_accuracy": 0.5\n  }\n}'
     )
