@@ -23,6 +23,7 @@ from exptorch.checkpoint import (
     checkpoint_files,
     latest_checkpoint,
     load_checkpoint,
+    load_trained,
     prune_checkpoints,
     save_checkpoint,
 )
@@ -190,6 +191,8 @@ def test_untrusted_full_checkpoint_is_refused(plugins, tmp_path: Path) -> None:
     with pytest.raises(ExptError, match="--trust-checkpoint") as info:
         load_checkpoint(plugins, path)
     assert str(path) in str(info.value) and "runs whatever code" in str(info.value)
+    with pytest.raises(ExptError, match="--trust-checkpoint"):  # as expt eval and predict load
+        load_trained(plugins, path, device="cpu")
     assert load_checkpoint(plugins, path, trust=True).module is not None
 
 

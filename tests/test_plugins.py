@@ -465,7 +465,7 @@ def test_lifecycle_hook_that_raises_is_reported_and_the_run_finishes(tmp_path, c
     problems = [p for p in plugins.problems if p.plugin == "flaky"]
     assert len(problems) == 2  # once per epoch, each time with the plugin's name
     assert problems[0].message == "hook epoch_end raised ValueError: dashboard unreachable"
-    assert "plugin 'flaky' ((registered in code)): hook epoch_end raised" in caplog.text
+    assert "plugin 'flaky' (registered in code): hook epoch_end raised" in caplog.text
 
 
 def test_current_plugins_outside_the_cli_loads_the_installed_ones() -> None:

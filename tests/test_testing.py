@@ -100,8 +100,14 @@ def test_make_plugins_ignores_installed_third_party_plugins(tmp_path: Path, monk
     assert "elsewhere" not in plugins.names("model")
     assert {s.distribution for s in plugins.sources.values()} == {
         "exptorch",
-        "(registered in code)",
+        "registered in code",
     }
+
+
+def test_make_plugins_registers_the_tiny_dataset_under_its_own_plugin_name() -> None:
+    from exptorch.testing import TINY_DATASET
+
+    assert make_plugins().get("dataset", TINY_DATASET).plugin == "tiny_dataset"
 
 
 def test_make_plugins_without_builtins_and_strict_problems() -> None:
@@ -113,8 +119,15 @@ def test_make_plugins_without_builtins_and_strict_problems() -> None:
         def register_models(self, register):
             raise RuntimeError("forgot an import")
 
-    with pytest.raises(AssertionError, match=r"plugin 'broken'.*RuntimeError: forgot an import"):
-        make_plugins(("broken", Broken()))
+    with pytest.raises(AssertionError) as info:
+        make_plugins(("broken", Broken()), ("broken_too", Broken()))
+    heading, *problems = str(info.value).splitlines()
+    assert heading == "plugin problems:"  # then one indented line per problem
+    assert [line.split(":")[0] for line in problems] == [
+        "  plugin 'broken' (registered in code)",
+        "  plugin 'broken_too' (registered in code)",
+    ]
+    assert all(line.endswith("RuntimeError: forgot an import") for line in problems)
     lenient = make_plugins(("broken", Broken()), strict=False)
     assert "quicknet" in lenient.names("model")  # registration hooks run lazily, here
     assert [p.plugin for p in lenient.problems] == ["broken"]

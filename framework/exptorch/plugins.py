@@ -76,7 +76,7 @@ class PluginProblem:
 class PluginSource:
     """Where a plugin came from."""
 
-    distribution: str = "(registered in code)"
+    distribution: str = "registered in code"
     version: str = ""
 
 
