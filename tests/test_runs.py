@@ -602,3 +602,15 @@ def test_json_output_is_indented_by_two_spaces() -> None:
     assert to_json({"final": {"test_accuracy": 0.5}}) == (
         '{\n  "final": {\n    "test_accuracy": 0.5\n  }\n}'
     )
+
+
+@pytest.mark.parametrize("kept", ["config.json", "state.json", "metrics.jsonl", None])
+def test_any_one_of_a_runs_files_makes_a_run_folder(tmp_path: Path, kept: str | None) -> None:
+    from exptorch.runs import is_run_folder
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a run's file")
+    if kept:
+        (folder / kept).write_text("{}")  # a run cut short leaves some of its files
+    assert is_run_folder(folder) == (kept is not None)
