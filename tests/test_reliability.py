@@ -512,6 +512,21 @@ def test_the_resume_hint_names_expt_as_it_was_run(monkeypatch) -> None:
     assert expt_command() == f"{sys.executable} -m exptorch"
 
 
+def test_python_command_is_the_name_path_finds_this_interpreter_by(
+    monkeypatch, tmp_path: Path
+) -> None:
+    import sys
+
+    from exptorch.program import expt_command, python_command
+
+    (tmp_path / "python3").symlink_to(sys.executable)  # only python3, no python, on PATH
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python3"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert python_command() == "python3"
+    monkeypatch.setattr(sys, "argv", [])  # an embedding interpreter may leave argv empty
+    assert expt_command() == "expt"
+
+
 def test_resume_message_says_the_batch_within_the_epoch(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -532,10 +547,14 @@ def test_resume_message_says_the_batch_within_the_epoch(
     plugins = make_plugins(("stop", StopAt()))
     options = dict(dataset="fashion-mnist-sample", batch_size=16, limit_train_batches=8,
                    limit_eval_batches=1, epochs=2, name="m")  # fmt: skip
+    said: list[str] = []
     with pytest.raises(RunInterrupted):
-        run_expt(plugins, tmp_path / "runs", echo=lambda _: None, **options)
+        run_expt(plugins, tmp_path / "runs", echo=said.append, **options)
     run = tmp_path / "runs" / "m"
     assert state(run)["stop_reason"] == "interrupted by SIGTERM"
+    stopped = said[-1].partition("; checkpoint ")  # the checkpoint it names is the one written
+    assert stopped[:2] == ("SIGTERM: stopped at epoch 2, step 11", "; checkpoint ")
+    assert Path(stopped[2]).parent == run / "checkpoints" and Path(stopped[2]).is_file()
     assert "SIGTERM: stopping after this step and writing a checkpoint" in capsys.readouterr().err
     lines: list[str] = []
     resume_expt(plugins, run, echo=lines.append, limit_train_batches=2)

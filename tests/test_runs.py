@@ -258,6 +258,8 @@ def test_a_run_whose_state_was_never_written_is_unknown(tmp_path: Path) -> None:
         if text is not None:
             (folder / "state.json").write_text(text)
         assert read_run(folder).state == "unknown", text
+        if text is None or text.endswith("1"):  # no epoch was recorded: none done
+            assert read_run(folder).epochs_done == 0, text
 
 
 def edited_copy(runs_dir: Path, into: Path, name: str, state: dict[str, Any] | None = None,
@@ -614,3 +616,11 @@ def test_any_one_of_a_runs_files_makes_a_run_folder(tmp_path: Path, kept: str | 
     if kept:
         (folder / kept).write_text("{}")  # a run cut short leaves some of its files
     assert is_run_folder(folder) == (kept is not None)
+
+
+def test_best_accuracy_counts_zero_but_not_the_placeholder_before_the_first_epoch() -> None:
+    from exptorch.runs import _best
+
+    assert _best([-1, 0.0]) == 0.0  # a run that learnt nothing still has a best accuracy
+    assert _best([-1, float("nan"), 0.25, 0.5, 0.375]) == 0.5
+    assert _best([-1]) is None
