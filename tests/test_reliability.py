@@ -525,6 +525,8 @@ def test_python_command_is_the_name_path_finds_this_interpreter_by(
     assert python_command() == "python3"
     monkeypatch.setattr(sys, "argv", [])  # an embedding interpreter may leave argv empty
     assert expt_command() == "expt"
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "other" / "__main__.py")])  # python -m other
+    assert expt_command() == "expt"
 
 
 def test_resume_message_says_the_batch_within_the_epoch(
