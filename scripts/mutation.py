@@ -78,6 +78,9 @@ LINKS = {
 SITE = ROOT / "scripts" / "mutation_site"
 # mutmut's exit codes (mutmut.stats.status_by_exit_code), folded into what the score counts
 KILLED = {1, 3, 36, -24, 24, 152, 255}
+# pytest's code for a run stopped by Ctrl-C: the mutants in flight when `tox -e mutation` is
+# stopped get it. It is no verdict: they are saved unchecked, to be run again.
+INTERRUPTED = 2
 # caught by the type check before any test ran (pyproject.toml's type_check_command): killed too,
 # as CI's mypy rejects it, but counted apart so the tests' share shows
 TYPE_ERROR = 37
@@ -194,7 +197,7 @@ def save_verdicts() -> int:
             function, number = function_of(name)
             digest = data["hash_by_function_name"].get(hash_key(function), "")
             functions.setdefault(function, {"hash": digest, "verdicts": {}})
-            functions[function]["verdicts"][number] = code
+            functions[function]["verdicts"][number] = None if code == INTERRUPTED else code
     if not functions:
         return 0
     version = json.dumps(mutmut_version())

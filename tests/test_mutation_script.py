@@ -315,19 +315,21 @@ def test_type_check_records_mypys_verdict_only_on_unchecked_mutants_of_the_modul
 def test_verdicts_are_kept_in_the_repository_one_function_a_line(mutation: ModuleType) -> None:
     write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": 1,
                "exptorch.a.x_f__mutmut_2": 0, "exptorch.a.x_f__mutmut_3": None,
-               "exptorch.a.x_g__mutmut_1": 37}, {"x_f": "hash-f", "x_g": "hash-g"})  # fmt: skip
+               "exptorch.a.x_g__mutmut_1": 37,
+               "exptorch.a.x_g__mutmut_2": 2},  # in flight when the run was stopped
+               {"x_f": "hash-f", "x_g": "hash-g"})  # fmt: skip
     assert mutation.save_verdicts() == 3
     text = mutation.STORE.read_text()
     assert json.loads(text) == {
         "mutmut": "3.8.1",
         "functions": {
             "exptorch.a.x_f": {"hash": "hash-f", "verdicts": {"1": 1, "2": 0, "3": None}},
-            "exptorch.a.x_g": {"hash": "hash-g", "verdicts": {"1": 37}},
+            "exptorch.a.x_g": {"hash": "hash-g", "verdicts": {"1": 37, "2": None}},
         },
     }
     assert [line for line in text.splitlines() if "exptorch.a." in line] == [
         '  "exptorch.a.x_f": {"hash": "hash-f", "verdicts": {"1": 1, "2": 0, "3": null}},',
-        '  "exptorch.a.x_g": {"hash": "hash-g", "verdicts": {"1": 37}}',
+        '  "exptorch.a.x_g": {"hash": "hash-g", "verdicts": {"1": 37, "2": null}}',
     ]
     assert not list(mutation.STORE.parent.glob("*.partial"))
 
