@@ -258,7 +258,8 @@ def test_a_run_whose_state_was_never_written_is_unknown(tmp_path: Path) -> None:
         folder.mkdir()
         if text is not None:
             (folder / "state.json").write_text(text)
-        assert (read_run(folder).state, read_run(folder).epochs_done) == ("unknown", done), text
+        run = read_run(folder)
+        assert (run.state, run.epochs_done) == ("unknown", done), text
 
 
 def edited_copy(runs_dir: Path, into: Path, name: str, state: dict[str, Any] | None = None,
@@ -582,13 +583,12 @@ def test_list_skips_hidden_folders_and_links_to_a_listed_run(
     from exptorch.runs import list_runs
 
     root, other = tmp_path / "runs", tmp_path / "elsewhere"
-    for folder in (root / "base", root / ".base-being-created", other / "kept"):
-        shutil.copytree(runs_dir / "base", folder)
+    state = json.loads((runs_dir / "base" / "state.json").read_text())
+    edited_copy(runs_dir, root, "base", state={**state, "started": 2e9})
+    edited_copy(runs_dir, root, ".base-being-created")
+    edited_copy(runs_dir, other, "kept", state={**state, "started": 1e9})
     (root / "alias").symlink_to(root / "base")  # the same run under a second name
     (root / "linked").symlink_to(other / "kept")  # a run kept elsewhere, listed here
-    for folder, started in ((root / "base", 2e9), (other / "kept", 1e9)):
-        state = json.loads((folder / "state.json").read_text())
-        (folder / "state.json").write_text(json.dumps({**state, "started": started}))
     assert [run.name for run in list_runs(root)] == ["linked", "base"]  # oldest first
     with pytest.raises(ExptError) as info:
         list_runs(tmp_path / "missing")
