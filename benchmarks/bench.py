@@ -80,11 +80,16 @@ def handwritten(
     model: str = "quicknet",
     batch_size: int = 64,
     limit: int | None = None,
+    warmup_epochs: int = 0,
+    read_loss_every_step: bool = False,
 ) -> float:
     """A bare loop over exptorch's own data path: the framework-overhead reference.
 
     The model comes from the same plugin factory ``expt run`` uses, so both time the
-    same network; everything around it is the shortest correct loop.
+    same network; everything around it is the shortest correct loop. The first
+    ``warmup_epochs`` of the ``epochs`` train but are not timed. With
+    ``read_loss_every_step`` the loop copies each step's loss to the host, as ``expt run``
+    does to hand step listeners a float, which waits for the device every step.
     """
     import torch
     import torch.nn.functional as F
@@ -110,16 +115,20 @@ def handwritten(
     for epoch in range(1, epochs + 1):
         batches.set_epoch(epoch)
         net.train()
-        start = time.perf_counter()
+        start, seen = time.perf_counter(), 0
         for x, y in batches:
             with torch.autocast(target.type, dtype=dtype, enabled=dtype is not None):
                 loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            images += len(y)
+            if read_loss_every_step:
+                loss.item()
+            seen += len(y)
         loss.item()  # wait for the device before stopping the clock
-        seconds += time.perf_counter() - start
+        if epoch > warmup_epochs:
+            seconds += time.perf_counter() - start
+            images += seen
     return images / seconds
 
 
@@ -183,6 +192,7 @@ def expt_run(
     epochs_done = [r for r in records if "images_per_second" in r]
     return {
         "images_per_second": statistics.fmean(r["images_per_second"] for r in epochs_done),
+        "images_per_second_by_epoch": [r["images_per_second"] for r in epochs_done],
         "epoch_seconds": [r["epoch_time"] for r in epochs_done],
         "test_accuracy": epochs_done[-1]["test_accuracy"],
         "peak_rss_mb": rss_kb / 1024,
