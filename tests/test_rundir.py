@@ -171,3 +171,25 @@ def test_a_disk_error_without_an_errno_or_a_hint_is_still_one_sentence() -> None
     full = disk_error(OSError(errno.ENOSPC, "No space left on device"), "save epoch-002.pt")
     assert str(full) == "Cannot save epoch-002.pt: No space left on device; free some space."
     assert str(disk_error(OSError("torn"), "read x")) == "Cannot read x: torn."
+
+
+def test_pid_alive_is_true_only_for_a_running_process_and_leaves_it_running() -> None:
+    """What the stale-run and stale-trial checks read from a ``state.json``'s pid: a process
+    that exists (init too), not one that ended, and never a pid of the wrong kind."""
+    import subprocess
+    import sys
+
+    from exptorch.rundir import pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert pid_alive(child.pid)
+        with pytest.raises(subprocess.TimeoutExpired):  # asking sends it no signal
+            child.wait(timeout=0.5)
+    finally:
+        child.kill()
+        child.wait()
+    assert not pid_alive(child.pid)  # ended and reaped
+    assert pid_alive(os.getpid()) and pid_alive(1)
+    for wrong in (0, -1, 2**40, "4242", None, 1.5):
+        assert not pid_alive(wrong), wrong

@@ -441,15 +441,15 @@ def test_a_running_run_is_told_by_its_lock_and_an_older_one_by_its_pid(
 ) -> None:
     """state.json says running, and this process is alive. With a lock file, what counts is
     whether the lock is held: free, the run crashed. Without one (an older exptorch's
-    folder), the pid decides."""
+    folder), the pid decides, and one no process here can have is a crashed run."""
     from exptorch.rundir import LOCK_NAME
     from exptorch.runs import read_run
 
     base = json.loads((runs_dir / "base" / "state.json").read_text())
 
-    def running_folder(name: str, lock: bool) -> Path:
+    def running_folder(name: str, lock: bool, pid: int = os.getpid()) -> Path:
         folder = edited_copy(runs_dir, tmp_path, name,
-                             state={**base, "state": "running", "pid": os.getpid()})  # fmt: skip
+                             state={**base, "state": "running", "pid": pid})  # fmt: skip
         (folder / LOCK_NAME).unlink(missing_ok=True)
         if lock:
             (folder / LOCK_NAME).touch()
@@ -457,6 +457,7 @@ def test_a_running_run_is_told_by_its_lock_and_an_older_one_by_its_pid(
 
     assert read_run(running_folder("free-lock", lock=True)).state == "crashed"
     assert read_run(running_folder("no-lock", lock=False)).state == "running"
+    assert read_run(running_folder("huge-pid", lock=False, pid=2**40)).state == "crashed"
 
 
 def test_a_runs_colour_is_its_place_in_the_plot_whatever_lines_the_others_have(

@@ -118,6 +118,29 @@ def test_trial_state_names() -> None:
     assert states == ["complete", "failed", "pruned", "running", "interrupted", "waiting"]
 
 
+def test_a_running_trial_is_stale_after_stale_seconds_of_silence_or_without_its_process() -> None:
+    """What lets another worker resume a trial: a beat older than STALE_SECONDS (exactly
+    that old is not yet), no owner recorded, or an owner on this host whose process ended."""
+    import subprocess
+
+    from exptorch.sweep import STALE_SECONDS, is_stale
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    now = float(int(time.time()))  # whole seconds: `now - beat` is exact
+
+    def running(owner: dict[str, Any] | None, silent_for: float) -> optuna.trial.FrozenTrial:
+        attrs = {BEAT_ATTR: now - silent_for, **({OWNER_ATTR: owner} if owner else {})}
+        return trial(TrialState.RUNNING, user_attrs=attrs)
+
+    here = ALIVE[OWNER_ATTR]
+    assert not is_stale(running(here, STALE_SECONDS), now)
+    assert is_stale(running(here, STALE_SECONDS + 0.5), now)
+    assert is_stale(running(None, 0), now)
+    assert is_stale(running({"host": HOST, "pid": ended.pid}, 0), now)
+    assert not is_stale(running({"host": "another-host", "pid": ended.pid}, 0), now)
+
+
 # -- a row: what comes from the run folder and what from the storage --------------------------
 
 

@@ -171,11 +171,9 @@ def pid_alive(pid: Any) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     except PermissionError:  # it exists, owned by someone else
         return True
-    except OSError:
+    except (OSError, OverflowError):  # no such process, or a pid no process here can have
         return False
     return True
 
