@@ -988,3 +988,23 @@ def test_a_workers_session_is_the_launchers_id_and_start_time() -> None:
 
     session = Session(id="abc", start=1700000000.25)
     assert parse_session(f"{session.id}:{session.start!r}") == session
+
+
+def test_another_sweep_file_is_refused_naming_each_setting_that_differs_or_one_side_lacks(
+    tmp_path: Path, plugins
+) -> None:
+    """A folder's sweep.json from an older exptorch may lack a setting this one records (or
+    have one it dropped): the refusal names those too, not only values that changed."""
+    from exptorch.sweep import _check_same_file
+
+    spec = read_sweep(write_sweep(tmp_path), plugins)
+    _check_same_file({"digest": spec.digest}, spec, tmp_path / "s")  # the same file: accepted
+    older = {k: v for k, v in spec.canonical().items() if k != "pruner_warmup_epochs"}
+    record = {"digest": "older", "sweep": {**older, "retired": 1}, "sweep_file": "old.toml"}
+    with pytest.raises(ExptError) as info:
+        _check_same_file(record, spec, tmp_path / "s")
+    assert str(info.value) == (
+        f"Sweep s in {tmp_path} was started from another sweep file (old.toml) (its "
+        "pruner_warmup_epochs, retired differ); use another --name, or the same file (only "
+        "trials and timeout may change)."
+    )
