@@ -527,6 +527,17 @@ def test_keep_policies(tmp_path: Path, keep: str, left: list[str]) -> None:
     assert companions == (expected if "epoch-002.safetensors" in left else set())
 
 
+def test_removing_a_checkpoint_deleted_by_hand_removes_what_is_left(tmp_path: Path) -> None:
+    """A user who deleted a safetensors checkpoint's main file while the run trained: pruning
+    it later removes its companions, not an error that would end the run."""
+    from exptorch.checkpoint import remove_checkpoint
+
+    _touch_checkpoints(tmp_path, ["epoch-001.safetensors", "epoch-002.pt"])
+    (tmp_path / "epoch-001.safetensors").unlink()
+    remove_checkpoint(tmp_path / "epoch-001.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-002.pt"]
+
+
 def test_checkpoint_order_puts_an_interrupted_epoch_before_its_end(tmp_path: Path) -> None:
     names = ["epoch-010.pt", "epoch-002.pt", "epoch-003-step-000120.pt", "epoch-003.full.pt"]
     _touch_checkpoints(tmp_path, names)

@@ -999,6 +999,10 @@ def test_another_sweep_file_is_refused_naming_each_setting_that_differs_or_one_s
 
     spec = read_sweep(write_sweep(tmp_path), plugins)
     _check_same_file({"digest": spec.digest}, spec, tmp_path / "s")  # the same file: accepted
+    same_settings = {"digest": "another exptorch's", "sweep": spec.canonical(), "sweep_file": "a"}
+    with pytest.raises(ExptError) as info:  # a digest of another kind: nothing to name
+        _check_same_file(same_settings, spec, tmp_path / "s")
+    assert "sweep file (a); use another --name" in str(info.value)
     older = {k: v for k, v in spec.canonical().items() if k != "pruner_warmup_epochs"}
     record = {"digest": "older", "sweep": {**older, "retired": 1}, "sweep_file": "old.toml"}
     with pytest.raises(ExptError) as info:
