@@ -538,6 +538,18 @@ def test_removing_a_checkpoint_deleted_by_hand_removes_what_is_left(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-002.pt"]
 
 
+def test_a_checkpoints_companions_are_found_by_its_literal_name(tmp_path: Path) -> None:
+    """A name with glob characters (a third-party format's) matches only its own companions."""
+    from exptorch.checkpoint import glob_escape, remove_checkpoint
+
+    assert glob_escape("e[1]*?.pt") == "e[[]1][*][?].pt"
+    names = ["e[1].pt", "e[1].pt.json", "e1.pt.json", "e[1].ptx.json"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    remove_checkpoint(tmp_path / "e[1].pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e1.pt.json", "e[1].ptx.json"]
+
+
 def test_checkpoint_order_puts_an_interrupted_epoch_before_its_end(tmp_path: Path) -> None:
     names = ["epoch-010.pt", "epoch-002.pt", "epoch-003-step-000120.pt", "epoch-003.full.pt"]
     _touch_checkpoints(tmp_path, names)

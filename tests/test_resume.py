@@ -157,7 +157,8 @@ def test_sigterm_to_a_real_process_leaves_a_resumable_checkpoint(expt, tmp_path:
     env = {**os.environ, "EXPT_DATA_DIR": str(tmp_path / "none"), "PYTHONUNBUFFERED": "1"}
     args = ["run", "--dataset", "fashion-mnist-sample", "--epochs", "2", "--batch-size", "16",
             "--device", "cpu", "--seed", "3", "--name", "t", "--log-every", "5",
-            "--limit-eval-batches", "1"]  # fmt: skip
+            "--limit-eval-batches", "1", "--transform", "crop-flip",
+            "--crop-flip-padding", "2"]  # fmt: skip
     child = subprocess.Popen(
         [*EXPT, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
@@ -189,6 +190,8 @@ def test_sigterm_to_a_real_process_leaves_a_resumable_checkpoint(expt, tmp_path:
     assert result.returncode == 0, result.stderr
     assert "resuming from epoch-001-step-" in result.stdout
     assert json.loads((run / "state.json").read_text())["state"] == "finished"
+    resumed = json.loads((run / "config.json").read_text())["config"]  # a plugin's option too
+    assert resumed["transform"] == ["crop-flip"] and resumed["options"]["crop_flip_padding"] == 2
 
 
 def test_resume_refuses_what_would_not_continue_the_same_run(plugins, tmp_path: Path) -> None:

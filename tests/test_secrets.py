@@ -106,3 +106,21 @@ def test_planted_keys_never_reach_the_run_folder(
     output = capsys.readouterr()
     for secret in (WANDB_KEY, ENV_TOKEN, CONFIG_TOKEN):
         assert secret not in output.out and secret not in output.err
+
+
+def test_a_resumed_run_takes_its_saved_settings_but_not_the_masks_of_its_secrets() -> None:
+    """`expt run --resume` starts from the run's saved config.json, where secrets were
+    masked: a masked setting is dropped (given again, or from the environment), never
+    passed on as the mask itself; every other setting and plugin option is kept."""
+    from exptorch.cli import _unmasked
+
+    saved = {
+        "lr": 0.1,
+        "db_password": MASK,
+        "options": {"vault_token": MASK, "crop_flip_padding": 2, "wandb_notes": None},
+    }
+    assert _unmasked(saved) == {
+        "lr": 0.1,
+        "options": {"crop_flip_padding": 2, "wandb_notes": None},
+    }
+    assert _unmasked({"lr": 0.1}) == {"lr": 0.1, "options": {}}
