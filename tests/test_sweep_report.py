@@ -7,6 +7,7 @@ be for a sweep whose every number is known."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -87,6 +88,18 @@ def test_leaderboard_puts_complete_trials_best_first_then_pruned_running_interru
     assert [row["value"] for row in board["trials"]][:6] == [0.9, 0.5, 0.5, 0.8, 0.6, None]
     assert board["best"]["trial"] == 2
     assert (board["name"], board["direction"]) == ("s", "maximize")
+    assert {row["run_path"] for row in board["trials"]} == {None}  # none names a run folder
+
+
+@pytest.mark.parametrize(("direction", "broken"), [("maximize", math.inf), ("minimize", -math.inf)])
+def test_a_trial_with_an_infinite_value_is_ranked_after_the_finite_ones(
+    tmp_path: Path, direction: str, broken: float
+) -> None:
+    """An infinite metric (a loss that overflowed) is no result: it never ranks as the best."""
+    study = study_of(trial(value=0.5), trial(value=broken), trial(value=0.25), direction=direction)
+    board = leaderboard(study, {}, tmp_path)
+    assert numbers(board) == ([0, 2, 1] if direction == "maximize" else [2, 0, 1])
+    assert board["best"]["trial"] == numbers(board)[0]
 
 
 def test_leaderboard_of_a_minimised_metric_puts_the_lowest_value_first(tmp_path: Path) -> None:
