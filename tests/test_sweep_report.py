@@ -164,7 +164,9 @@ def write_run(folder: Path, records: list[dict[str, Any]], epoch: int, seed: int
     (folder / "config.json").write_text(json.dumps({"config": {"seed": seed}}))
 
 
-def test_a_row_takes_epochs_time_and_seed_from_the_trials_run_folder(tmp_path: Path) -> None:
+def test_a_row_takes_epochs_time_and_seed_from_the_trials_run_folder(
+    tmp_path: Path, plugins
+) -> None:
     records = [
         {"epoch": 1, "test_accuracy": 0.5, "epoch_time": 1.5},
         {"step": 7, "train_loss": 1.0, "epoch_time": 100.0},  # not an epoch record
@@ -172,15 +174,17 @@ def test_a_row_takes_epochs_time_and_seed_from_the_trials_run_folder(tmp_path: P
     ]
     write_run(tmp_path / "trial-0000", records, epoch=2, seed=7)
     study = study_of(trial(value=0.6, lr=0.05, user_attrs={RUN_ATTR: "trial-0000"}))
-    canonical = {"base": {"dataset": "fashion-mnist-sample", "epochs": 2}}
+    canonical = {"base": {"dataset": "fashion-mnist-sample", "epochs": 2, "sgd_nesterov": True}}
     row = leaderboard(study, canonical, tmp_path)["trials"][0]
     assert row["epochs"] == 2
     assert row["seconds"] == pytest.approx(3.75)
     assert row["run"] == "trial-0000"
     assert row["run_path"] == str(tmp_path / "trial-0000")
     assert row["params"] == {"lr": 0.05}
-    command = leaderboard(study, canonical, tmp_path)["best"]["command"]
-    assert command == "expt run --dataset fashion-mnist-sample --epochs 2 --lr 0.05 --seed 7"
+    command = leaderboard(study, canonical, tmp_path, plugins)["best"]["command"]
+    assert command == (  # a plugin's switch spelled as its flag
+        "expt run --dataset fashion-mnist-sample --epochs 2 --sgd-nesterov --lr 0.05 --seed 7"
+    )
 
 
 def test_a_row_without_its_run_folder_takes_what_the_storage_knows(tmp_path: Path) -> None:
