@@ -221,6 +221,7 @@ def test_the_best_command_spells_switches_lists_and_quotes(plugins) -> None:
         "--weight-decay 0.0005 --sgd-nesterov --run-name 'my run' --seed 11"
     )
     assert run_command({"sgd_nesterov": False}, {}, None, plugins) == "expt run --no-sgd-nesterov"
+    assert run_command({"seed": 3}, {}, 11) == "expt run --seed 3"  # the sweep file's seed wins
 
 
 # -- the text table ---------------------------------------------------------------------------
