@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import re
@@ -14,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -133,6 +135,7 @@ def test_checkpoint_every_steps_then_kill_resumes_exactly(tmp_path: Path) -> Non
             child.kill()
     names = [p.name for p in checkpoint_files(run / "checkpoints", SUFFIXES)]
     assert names == ["epoch-001-step-000006.pt"]  # step 3's was pruned by --keep
+    assert state(run)["state"] == "running"  # as its last checkpoint left it
 
     plugins = make_plugins()
     lines: list[str] = []
@@ -146,6 +149,32 @@ def test_checkpoint_every_steps_then_kill_resumes_exactly(tmp_path: Path) -> Non
     for key, value in weights(straight).items():
         assert torch.equal(value, weights(run)[key]), key
     assert [p.name for p in checkpoint_files(run / "checkpoints", SUFFIXES)] == ["epoch-001.pt"]
+
+
+def test_checkpoints_inside_a_later_epoch_keep_the_best_epochs_under_keep_best(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--keep best --checkpoint-every``: each checkpoint written inside epoch 2 prunes the
+    older ones, never the best epoch's (here epoch 1, by a callback's accuracy)."""
+    from exptorch import Callback
+
+    class FirstEpochBest(Callback):
+        def on_evaluate_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
+            metrics["test_accuracy"] = 1.0 / epoch
+
+    class FirstEpochBestPlugin:
+        @hookimpl
+        def register_callbacks(self, register: Any) -> None:
+            register("first-best", lambda run: FirstEpochBest())
+
+    plugins = make_plugins(("first-best", FirstEpochBestPlugin()))
+    caplog.set_level(logging.INFO, logger="exptorch")  # what -v shows
+    run = run_expt(plugins, tmp_path / "runs", echo=lambda _: None, epochs=2,
+                   limit_train_batches=8, checkpoint_every="3", keep="best")  # fmt: skip
+    assert state(run)["best_checkpoint"] == "epoch-001.pt"
+    names = [p.name for p in checkpoint_files(run / "checkpoints", SUFFIXES)]
+    assert names == ["epoch-001.pt", "epoch-002.pt"]
+    assert "checkpoint epoch-002-step-000012.pt written inside epoch 2" in caplog.messages
 
 
 @pytest.mark.parametrize(
