@@ -177,6 +177,29 @@ def test_checkpoints_inside_a_later_epoch_keep_the_best_epochs_under_keep_best(
     assert "checkpoint epoch-002-step-000012.pt written inside epoch 2" in caplog.messages
 
 
+def test_checkpoint_every_duration_checkpoints_each_time_it_passes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--checkpoint-every 1s`` with steps of 0.4 s: a checkpoint every few steps inside the
+    epoch, each timed from the one before."""
+    from exptorch import Callback
+
+    class SlowSteps(Callback):
+        def on_step_end(self, run: Any, step: int, loss: float) -> None:
+            time.sleep(0.4)
+
+    class SlowPlugin:
+        @hookimpl
+        def register_callbacks(self, register: Any) -> None:
+            register("slow", lambda run: SlowSteps())
+
+    caplog.set_level(logging.INFO, logger="exptorch")
+    run_expt(make_plugins(("slow", SlowPlugin())), tmp_path / "runs", echo=lambda _: None,
+             limit_train_batches=8, checkpoint_every="1s")  # fmt: skip
+    inside = [m for m in caplog.messages if m.endswith("written inside epoch 1")]
+    assert 2 <= len(inside) <= 3, inside  # about every 3 or 4 of the 8 steps, none at step 8
+
+
 @pytest.mark.parametrize(
     ("value", "fragment"),
     [("10x", "must be a duration (30s, 10m, 2h)"), ("0.5", "must be a whole number")],
