@@ -1012,3 +1012,21 @@ def test_another_sweep_file_is_refused_naming_each_setting_that_differs_or_one_s
         "pruner_warmup_epochs, retired differ); use another --name, or the same file (only "
         "trials and timeout may change)."
     )
+
+
+def test_the_pruners_epoch_budget_is_the_most_epochs_a_trial_can_train(
+    tmp_path: Path, plugins
+) -> None:
+    """Hyperband's ``max_resource``: the largest value of a swept ``epochs``, else the base's."""
+    from exptorch.sweep import max_epochs
+    from exptorch.sweep_file import resolve_trial
+
+    params = "epochs = { choice = [2, 6, 4] }"
+    swept = read_sweep(
+        write_sweep(tmp_path, params=params, base=TINY.replace("epochs = 1\n", ""), name="a.toml"),
+        plugins,
+    )
+    plain = read_sweep(write_sweep(tmp_path, base=TINY.replace("epochs = 1", "epochs = 3")),
+                       plugins)  # fmt: skip
+    base = resolve_trial(plain, plugins, {})
+    assert (max_epochs(swept, base), max_epochs(plain, base)) == (6, 3)
