@@ -1030,3 +1030,24 @@ def test_the_pruners_epoch_budget_is_the_most_epochs_a_trial_can_train(
                        plugins)  # fmt: skip
     base = resolve_trial(plain, plugins, {})
     assert (max_epochs(swept, base), max_epochs(plain, base)) == (6, 3)
+
+
+def test_with_cuda_each_worker_gets_its_own_gpu(monkeypatch) -> None:
+    """``--device cuda --workers N``: worker i on ``cuda:i``, refused with fewer GPUs than
+    workers; one worker, or another device, is passed on as given."""
+    import torch
+
+    from exptorch.sweep import worker_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert worker_devices("cuda", 2) == ["cuda:0", "cuda:1"]
+    assert worker_devices("cuda", 1) == ["cuda"]
+    assert worker_devices("cpu", 3) == ["cpu"] * 3
+    assert worker_devices(None, 2) == [None, None]
+    with pytest.raises(ExptError) as info:
+        worker_devices("cuda", 3)
+    assert str(info.value) == (
+        "--device cuda with --workers 3 gives each worker its own GPU, but 2 are visible; "
+        "use at most 2 workers or --device cpu."
+    )
