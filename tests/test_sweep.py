@@ -1051,3 +1051,27 @@ def test_with_cuda_each_worker_gets_its_own_gpu(monkeypatch) -> None:
         "--device cuda with --workers 3 gives each worker its own GPU, but 2 are visible; "
         "use at most 2 workers or --device cpu."
     )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ExptError, match=r"but 0 are visible; use at most 0 workers"):
+        worker_devices("cuda", 2)
+
+
+def test_the_summary_counts_trials_by_the_state_names_show_uses() -> None:
+    import types
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from exptorch.sweep import summary
+
+    space = {"lr": FloatDistribution(1e-4, 1.0, log=True)}
+    study = optuna.create_study(direction="maximize")
+    for state, value in [(TrialState.COMPLETE, 0.5), (TrialState.FAIL, None),
+                         (TrialState.COMPLETE, 0.7), (TrialState.PRUNED, None)]:  # fmt: skip
+        study.add_trial(create_trial(state=state, value=value, params={"lr": 0.01},
+                                     distributions=space))  # fmt: skip
+    result = summary(types.SimpleNamespace(study=study))  # type: ignore[arg-type]
+    assert result["counts"] == {"complete": 2, "failed": 1, "pruned": 1}
+    assert result["best"] == {"number": 2, "value": 0.7, "params": {"lr": 0.01}}
