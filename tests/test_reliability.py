@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_training_plugins import TracePlugin
 
 from conftest import EXPT
 from exptorch import ExptError, Logger, hookimpl
@@ -162,12 +163,7 @@ def test_checkpoints_inside_a_later_epoch_keep_the_best_epochs_under_keep_best(
         def on_evaluate_end(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
             metrics["test_accuracy"] = 1.0 / epoch
 
-    class FirstEpochBestPlugin:
-        @hookimpl
-        def register_callbacks(self, register: Any) -> None:
-            register("first-best", lambda run: FirstEpochBest())
-
-    plugins = make_plugins(("first-best", FirstEpochBestPlugin()))
+    plugins = make_plugins(("first-best", TracePlugin(FirstEpochBest())))
     caplog.set_level(logging.INFO, logger="exptorch")  # what -v shows
     run = run_expt(plugins, tmp_path / "runs", echo=lambda _: None, epochs=2,
                    limit_train_batches=8, checkpoint_every="3", keep="best")  # fmt: skip
@@ -188,14 +184,9 @@ def test_checkpoint_every_duration_checkpoints_each_time_it_passes(
         def on_step_end(self, run: Any, step: int, loss: float) -> None:
             time.sleep(0.4)
 
-    class SlowPlugin:
-        @hookimpl
-        def register_callbacks(self, register: Any) -> None:
-            register("slow", lambda run: SlowSteps())
-
     caplog.set_level(logging.INFO, logger="exptorch")
-    run_expt(make_plugins(("slow", SlowPlugin())), tmp_path / "runs", echo=lambda _: None,
-             limit_train_batches=8, checkpoint_every="1s")  # fmt: skip
+    run_expt(make_plugins(("slow", TracePlugin(SlowSteps()))), tmp_path / "runs",
+             echo=lambda _: None, limit_train_batches=8, checkpoint_every="1s")  # fmt: skip
     inside = [m for m in caplog.messages if m.endswith("written inside epoch 1")]
     assert 2 <= len(inside) <= 3, inside  # about every 3 or 4 of the 8 steps, none at step 8
 

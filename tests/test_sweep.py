@@ -1058,6 +1058,7 @@ def test_with_cuda_each_worker_gets_its_own_gpu(monkeypatch) -> None:
 
 
 def test_the_summary_counts_trials_by_the_state_names_show_uses() -> None:
+    """What ``expt sweep run`` prints when it ends: counts under ``expt sweep show``'s names."""
     import types
 
     import optuna
@@ -1072,6 +1073,6 @@ def test_the_summary_counts_trials_by_the_state_names_show_uses() -> None:
                          (TrialState.COMPLETE, 0.7), (TrialState.PRUNED, None)]:  # fmt: skip
         study.add_trial(create_trial(state=state, value=value, params={"lr": 0.01},
                                      distributions=space))  # fmt: skip
-    result = summary(types.SimpleNamespace(study=study))  # type: ignore[arg-type]
+    result = summary(types.SimpleNamespace(study=study))
     assert result["counts"] == {"complete": 2, "failed": 1, "pruned": 1}
     assert result["best"] == {"number": 2, "value": 0.7, "params": {"lr": 0.01}}
