@@ -12,7 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -854,17 +856,25 @@ def test_safetensors_names_a_sidecar_of_another_kind_and_a_missing_state_file(
     assert str(info.value) == f"{sidecar_path.name} is not an exptorch safetensors sidecar"
 
 
+def rewrite_sidecar(path: Path, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Replace a safetensors checkpoint's JSON sidecar with ``change`` of it."""
+    from exptorch_plugins.safetensors import SIDECAR
+
+    sidecar_path = path.with_name(path.name + SIDECAR)
+    sidecar_path.write_text(json.dumps(change(json.loads(sidecar_path.read_text()))))
+
+
 def test_safetensors_names_weights_other_than_those_its_sidecar_lists(
     plugins, tmp_path: Path
 ) -> None:
     from safetensors.torch import save_file
 
     path = save(plugins, "safetensors", trained_checkpoint(), tmp_path)
-    sidecar_path = path.with_name(path.name + ".json")
-    sidecar = json.loads(sidecar_path.read_text())
     save_file({"another.weight": torch.zeros(3)}, str(path))  # a whole file, the wrong tensors
-    sidecar["weights"]["bytes"] = path.stat().st_size
-    sidecar_path.write_text(json.dumps(sidecar))
+    size = path.stat().st_size
+    rewrite_sidecar(
+        path, lambda sidecar: {**sidecar, "weights": {**sidecar["weights"], "bytes": size}}
+    )
     with pytest.raises(ValueError) as info:
         fmt(plugins, "safetensors").load(path)
     assert str(info.value) == f"{path.name} does not hold the tensors its sidecar lists"
@@ -875,10 +885,9 @@ def test_safetensors_sidecar_without_config_or_meta_loads_them_empty(
 ) -> None:
     checkpoint = trained_checkpoint()
     path = save(plugins, "safetensors", checkpoint, tmp_path)
-    sidecar_path = path.with_name(path.name + ".json")
-    sidecar = json.loads(sidecar_path.read_text())
-    del sidecar["config"], sidecar["meta"]
-    sidecar_path.write_text(json.dumps(sidecar))
+    rewrite_sidecar(
+        path, lambda sidecar: {k: v for k, v in sidecar.items() if k not in ("config", "meta")}
+    )
     loaded = fmt(plugins, "safetensors").load(path)
     assert (loaded.config, loaded.meta) == ({}, {})
     assert loaded.epoch == checkpoint.epoch
