@@ -5,6 +5,7 @@
     python scripts/mutation.py --score               # the per-module table of the last runs only
     python scripts/mutation.py --sample 300          # 300 mutants drawn from the whole tree
     python scripts/mutation.py --sample 300 --score  # that sample's score, from saved verdicts
+    python scripts/mutation.py --quick 20            # each mutant against its quickest tests only
     python scripts/mutation.py --sample 300 --again  # check the killed ones again too
     python scripts/mutation.py --again exptorch.config  # all of its mutants, killed ones too
     python scripts/mutation.py --recollect exptorch.config   # after editing tests: see below
@@ -81,6 +82,12 @@ KILLED = {1, 3, 36, -24, 24, 152, 255}
 # pytest's code for a run stopped by Ctrl-C: the mutants in flight when `tox -e mutation` is
 # stopped get it. It is no verdict: they are saved unchecked, to be run again.
 INTERRUPTED = 2
+# what ``--quick`` gives a mutant that passed its quickest tests (mutation_hits.UNDECIDED): no
+# verdict either, as the other tests were left out
+UNDECIDED = 34
+NO_VERDICT = {INTERRUPTED, UNDECIDED}
+# the variable that tells scripts/mutation_site/mutation_hits.py the quick pass's budget
+QUICK = "EXPTORCH_MUTATION_QUICK"
 # caught by the type check before any test ran (pyproject.toml's type_check_command): killed too,
 # as CI's mypy rejects it, but counted apart so the tests' share shows
 TYPE_ERROR = 37
@@ -197,7 +204,7 @@ def save_verdicts() -> int:
             function, number = function_of(name)
             digest = data["hash_by_function_name"].get(hash_key(function), "")
             functions.setdefault(function, {"hash": digest, "verdicts": {}})
-            functions[function]["verdicts"][number] = None if code == INTERRUPTED else code
+            functions[function]["verdicts"][number] = None if code in NO_VERDICT else code
     if not functions:
         return 0
     version = json.dumps(mutmut_version())
@@ -381,6 +388,7 @@ def run_mutmut(
     generating mutants and collecting which tests call what, with mutmut's assertion that no
     mutant matches: that traceback is not shown, any other error is."""
     command = [mutmut, "run", "--max-children", str(max_children), *names]
+    before = forget_undecided()
     failures = WORKSPACE / "clean-run-failures.txt"
     failures.unlink(missing_ok=True)
     (WORKSPACE / "kills.txt").unlink(missing_ok=True)  # which test killed each mutant, this run
@@ -388,6 +396,8 @@ def run_mutmut(
     try:
         result = subprocess.run(command, cwd=WORKSPACE, env=env, stderr=errors, text=True)
     finally:  # Ctrl-C too: what was checked until then is kept
+        if env.get(QUICK):
+            keep_survivors(before)
         save_verdicts()
     if stop and "nothing matches" not in (result.stderr or ""):
         sys.stderr.write(result.stderr or "")
@@ -395,6 +405,31 @@ def run_mutmut(
         print(f"Tests failed without any mutant (see {failures}):")
         print(failures.read_text())
     return result.returncode
+
+
+def forget_undecided() -> dict[str, int | None]:
+    """Make each mutant a run left without a verdict (stopped, or undecided by ``--quick``)
+    unchecked again, in the ``.meta`` files, so that mutmut checks it; return every verdict."""
+    for meta in meta_files():
+        data = read_meta(meta)
+        codes = data["exit_code_by_key"]
+        undecided = [name for name, code in codes.items() if code in NO_VERDICT]
+        if undecided:
+            codes.update(dict.fromkeys(undecided))
+            write_whole(meta, json.dumps(data, indent=4))
+    return verdicts()
+
+
+def keep_survivors(before: dict[str, int | None]) -> None:
+    """A quick pass never takes a verdict away: a survivor it checked again, with only its
+    quickest tests, and that none of them killed, stays a survivor (not undecided)."""
+    for meta in meta_files():
+        data = read_meta(meta)
+        codes = data["exit_code_by_key"]
+        kept = [n for n, c in codes.items() if c == UNDECIDED and before.get(n) == 0]
+        if kept:
+            codes.update(dict.fromkeys(kept, 0))
+            write_whole(meta, json.dumps(data, indent=4))
 
 
 def generate(mutmut: str, max_children: int, env: dict[str, str]) -> None:
@@ -456,6 +491,13 @@ def main() -> int:
         action="store_true",
         help="record mypy's verdict on every unchecked mutant, without running any test",
     )
+    parser.add_argument(
+        "--quick",
+        type=float,
+        metavar="SECONDS",
+        help="run each mutant against only its quickest tests, those that fit in SECONDS: it "
+        "records the kills quickly; a mutant none of them kills stays unchecked, for a full run",
+    )
     parser.add_argument("--score", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="show the surviving mutants")
     parser.add_argument(
@@ -476,6 +518,10 @@ def main() -> int:
         # torch and exptorch (tox runs the script outside the environment that holds them)
         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     )
+    if args.quick is not None:
+        if args.quick <= 0:
+            parser.error("--quick SECONDS takes a positive number of seconds")
+        env[QUICK] = str(args.quick)
     if args.save:
         print(f"{save_verdicts()} verdicts written to {STORE.relative_to(ROOT)}")
         return 0

@@ -161,6 +161,36 @@ def test_a_mutants_tests_run_quickest_first(tmp_path: Path) -> None:
     assert order("") == ["slow", "quick", "medium"]
 
 
+def test_a_quick_pass_runs_only_the_quickest_tests_and_decides_only_kills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--quick SECONDS``: a mutant's tests, quickest first, as many as fit in SECONDS (one at
+    least); passing them with others left out is no verdict (34), failing one is a kill."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_quick.py").write_text(
+        "import os\n"
+        "def test_a(): pass\n"
+        "def test_b(): assert os.environ['MUTANT_UNDER_TEST'] != 'exptorch.a.x_f__mutmut_2'\n"
+        "def test_c(): assert os.environ['MUTANT_UNDER_TEST'] != 'exptorch.a.x_f__mutmut_3'\n"
+    )
+    durations = {"tests/test_quick.py::test_a": 1.0, "tests/test_quick.py::test_b": 2.0,
+                 "tests/test_quick.py::test_c": 4.0}  # fmt: skip
+    (tmp_path / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
+
+    def run(mutant: str, budget: str) -> tuple[int, list[str]]:
+        monkeypatch.setenv("EXPTORCH_MUTATION_QUICK", budget)
+        done = pytest_with_the_plugin(tmp_path, mutant, "-v", "-x", check=False)
+        return done.returncode, re.findall(r"::test_(\w+) (?:PASSED|FAILED)", done.stdout)
+
+    assert run("exptorch.a.x_f__mutmut_1", "3") == (34, ["a", "b"])
+    assert run("exptorch.a.x_f__mutmut_2", "3") == (1, ["a", "b"])
+    assert run("exptorch.a.x_f__mutmut_3", "3") == (34, ["a", "b"])  # c, which kills it, is out
+    assert run("exptorch.a.x_f__mutmut_3", "7") == (1, ["a", "b", "c"])
+    assert run("exptorch.a.x_f__mutmut_1", "7") == (0, ["a", "b", "c"])  # none left out
+    assert run("exptorch.a.x_f__mutmut_1", "0.5") == (34, ["a"])  # the quickest one at least
+    assert run("", "0.5") == (0, ["a", "b", "c"])  # the clean run is whole
+
+
 def test_the_test_that_killed_a_mutant_is_recorded(tmp_path: Path) -> None:
     """mutmut keeps only a mutant's exit code; the plugin writes which test failed beside the
     run folder (``.mutation/kills.txt``), so a flaky test's kills can be found."""
@@ -450,3 +480,37 @@ def test_a_run_without_module_names_checks_the_whole_tree(
     monkeypatch.setattr(mutation, "unsettled", lambda globs, *_: [])
     assert mutation.run_modules(["exptorch.a.*"], False, "mutmut", 2, {}) == 0
     assert len(runs) == 4  # nothing left to check: mutmut is not started
+
+
+def test_a_quick_pass_keeps_kills_and_takes_no_verdict_away(
+    mutation: ModuleType, tmp_path: Path
+) -> None:
+    """What a quick pass left undecided (34), or a stopped run (2), is saved unchecked and is
+    unchecked again in ``.meta`` when the next run starts, so mutmut checks it; a survivor it
+    checked again and did not kill stays a survivor."""
+    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": None,
+               "exptorch.a.x_f__mutmut_2": None, "exptorch.a.x_f__mutmut_3": 0,
+               "exptorch.a.x_f__mutmut_4": 2})  # fmt: skip
+    seen = tmp_path / "seen.json"
+    after = {"exptorch.a.x_f__mutmut_1": 1, "exptorch.a.x_f__mutmut_2": 34,
+             "exptorch.a.x_f__mutmut_3": 34, "exptorch.a.x_f__mutmut_4": 34}  # fmt: skip
+    fake = tmp_path / "mutmut"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, pathlib\n"
+        "meta = pathlib.Path('mutants/exptorch/a.py.meta')\n"
+        f"pathlib.Path({str(seen)!r}).write_text(meta.read_text())\n"
+        f"meta.write_text(json.dumps({{'exit_code_by_key': {after!r}, "
+        "'hash_by_function_name': {}}))\n"
+    )
+    fake.chmod(0o755)
+    assert (
+        mutation.run_mutmut(str(fake), [], 2, dict(os.environ, EXPTORCH_MUTATION_QUICK="30")) == 0
+    )
+    # the stopped run's mutant was unchecked again before mutmut started
+    assert json.loads(seen.read_text())["exit_code_by_key"]["exptorch.a.x_f__mutmut_4"] is None
+    kept = json.loads(mutation.STORE.read_text())["functions"]["exptorch.a.x_f"]["verdicts"]
+    assert kept == {"1": 1, "2": None, "3": 0, "4": None}
+    mutation.run_mutmut(str(fake), [], 2, dict(os.environ))
+    started = json.loads(seen.read_text())["exit_code_by_key"]
+    assert started == {"exptorch.a.x_f__mutmut_1": 1, "exptorch.a.x_f__mutmut_2": None,
+                       "exptorch.a.x_f__mutmut_3": 0, "exptorch.a.x_f__mutmut_4": None}  # fmt: skip

@@ -99,6 +99,40 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     if running_a_mutant():
         durations = duration_by_test()
         items.sort(key=lambda item: durations[item.nodeid])
+        budget = os.environ.get(QUICK)
+        if budget:
+            cut = items[quickest(items, durations, float(budget)) :]
+            if cut:
+                config.hook.pytest_deselected(items=cut)
+                del items[-len(cut) :]
+                config.stash[LEFT_OUT] = len(cut)
+
+
+#: ``scripts/mutation.py --quick SECONDS``: each mutant runs only its quickest tests, as many
+#: as fit in SECONDS of their collection-run durations (the quickest one at least)
+QUICK = "EXPTORCH_MUTATION_QUICK"
+#: how many of a mutant's tests the quick pass left out
+LEFT_OUT = pytest.StashKey[int]()
+#: the exit code of a mutant that passed the quickest tests with others left out: no verdict
+#: (mutmut calls it "skipped"); scripts/mutation.py saves it unchecked, for a full run
+UNDECIDED = 34
+
+
+def quickest(items: list[Any], durations: dict[str, float], budget: float) -> int:
+    """How many of ``items`` (quickest first) fit in ``budget`` seconds; at least one."""
+    spent = 0.0
+    for kept, item in enumerate(items):
+        spent += durations[item.nodeid]
+        if spent > budget:
+            return max(kept, 1)
+    return len(items)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    """A mutant that passed its quickest tests survived nothing yet: tests were left out."""
+    if exitstatus == 0 and session.config.stash.get(LEFT_OUT, 0):
+        session.exitstatus = UNDECIDED
 
 
 def duration_by_test() -> dict[str, float]:
