@@ -189,6 +189,7 @@ def test_a_quick_pass_runs_only_the_quickest_tests_and_decides_only_kills(
     assert run("exptorch.a.x_f__mutmut_1", "7") == (0, ["a", "b", "c"])  # none left out
     assert run("exptorch.a.x_f__mutmut_1", "0.5") == (34, ["a"])  # the quickest one at least
     assert run("", "0.5") == (0, ["a", "b", "c"])  # the clean run is whole
+    assert run("list_all_tests", "0.5") == (0, ["a", "b", "c"])  # and mutmut's listing
 
 
 def test_the_test_that_killed_a_mutant_is_recorded(tmp_path: Path) -> None:

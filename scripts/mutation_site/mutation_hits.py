@@ -77,8 +77,9 @@ TOO_FAST_FOR_MUTMUT = (
 
 def running_a_mutant() -> bool:
     """Whether mutmut runs this process for a mutant (not for its collection of which tests call
-    what, its clean run or its check that a failing test is seen)."""
-    return os.environ.get("MUTANT_UNDER_TEST") not in (None, "", "stats", "fail")
+    what, its clean run, its check that a failing test is seen or its listing of the tests, each
+    of which it names otherwise)."""
+    return "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "")
 
 
 def pytest_configure(config: Any) -> None:
