@@ -145,16 +145,17 @@ def pytest_with_the_plugin(
 def test_a_mutants_tests_run_quickest_first(tmp_path: Path) -> None:
     """mutmut stops at a mutant's first failing test; the plugin puts the quickest first, by
     the durations mutmut recorded, and leaves the order alone outside a mutant's run."""
-    (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / "test_order.py").write_text(
+    project = tmp_path / "mutants"  # as in .mutation/: the clean run keeps its costs beside it
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_order.py").write_text(
         "def test_slow(): pass\ndef test_quick(): pass\ndef test_medium(): pass\n"
     )
     durations = {"tests/test_order.py::test_slow": 9.0, "tests/test_order.py::test_quick": 0.1,
                  "tests/test_order.py::test_medium": 1.0}  # fmt: skip
-    (tmp_path / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
+    (project / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
 
     def order(mutant: str) -> list[str]:
-        out = pytest_with_the_plugin(tmp_path, mutant, "-v", check=True).stdout
+        out = pytest_with_the_plugin(project, mutant, "-v", check=True).stdout
         return re.findall(r"::test_(\w+) PASSED", out)
 
     assert order("exptorch.a.x_f__mutmut_1") == ["quick", "medium", "slow"]
@@ -166,8 +167,9 @@ def test_a_quick_pass_runs_only_the_quickest_tests_and_decides_only_kills(
 ) -> None:
     """``--quick SECONDS``: a mutant's tests, quickest first, as many as fit in SECONDS (one at
     least); passing them with others left out is no verdict (34), failing one is a kill."""
-    (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / "test_quick.py").write_text(
+    project = tmp_path / "mutants"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_quick.py").write_text(
         "import os\n"
         "def test_a(): pass\n"
         "def test_b(): assert os.environ['MUTANT_UNDER_TEST'] != 'exptorch.a.x_f__mutmut_2'\n"
@@ -175,11 +177,11 @@ def test_a_quick_pass_runs_only_the_quickest_tests_and_decides_only_kills(
     )
     durations = {"tests/test_quick.py::test_a": 1.0, "tests/test_quick.py::test_b": 2.0,
                  "tests/test_quick.py::test_c": 4.0}  # fmt: skip
-    (tmp_path / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
+    (project / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
 
     def run(mutant: str, budget: str) -> tuple[int, list[str]]:
         monkeypatch.setenv("EXPTORCH_MUTATION_QUICK", budget)
-        done = pytest_with_the_plugin(tmp_path, mutant, "-v", "-x", check=False)
+        done = pytest_with_the_plugin(project, mutant, "-v", "-x", check=False)
         return done.returncode, re.findall(r"::test_(\w+) (?:PASSED|FAILED)", done.stdout)
 
     assert run("exptorch.a.x_f__mutmut_1", "3") == (34, ["a", "b"])
@@ -190,6 +192,42 @@ def test_a_quick_pass_runs_only_the_quickest_tests_and_decides_only_kills(
     assert run("exptorch.a.x_f__mutmut_1", "0.5") == (34, ["a"])  # the quickest one at least
     assert run("", "0.5") == (0, ["a", "b", "c"])  # the clean run is whole
     assert run("list_all_tests", "0.5") == (0, ["a", "b", "c"])  # and mutmut's listing
+
+
+def test_a_test_costs_its_set_up_too_and_a_shared_fixture_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mutmut's durations count a test's call only: a test whose module fixture runs ``expt``
+    looks free. The clean run keeps what each test and each broader fixture cost
+    (``.mutation/test-costs.json``); a mutant's tests are ordered and cut by that."""
+    project = tmp_path / "mutants"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_costs.py").write_text(
+        "import time, pytest\n"
+        "@pytest.fixture(scope='module')\n"
+        "def run(): time.sleep(1.5)\n"
+        "def test_x(run): pass\n"
+        "def test_y(run): pass\n"
+        "def test_z(): time.sleep(0.3)\n"
+    )
+    calls = {f"tests/test_costs.py::test_{t}": 0.0 for t in "xyz"}  # as mutmut records them
+    (project / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": calls}))
+
+    def run(mutant: str, budget: str) -> tuple[int, list[str]]:
+        monkeypatch.setenv("EXPTORCH_MUTATION_QUICK", budget)
+        done = pytest_with_the_plugin(project, mutant, "-v", "-x", check=False)
+        return done.returncode, re.findall(r"::test_(\w+) PASSED", done.stdout)
+
+    # not measured yet, by mutmut's durations every test is free: all fit, the fixture's first
+    assert run("exptorch.a.x_f__mutmut_1", "0.9") == (0, ["x", "y", "z"])
+    assert run("", "0.9") == (0, ["x", "y", "z"])  # the clean run measures
+    costs = json.loads((tmp_path / "test-costs.json").read_text())
+    assert 1.4 < costs["fixtures"]["tests/test_costs.py::run"] < 3
+    assert costs["tests"]["tests/test_costs.py::test_x"] < 0.5  # the fixture's set-up apart
+    assert 0.25 < costs["tests"]["tests/test_costs.py::test_z"] < 1
+    assert run("exptorch.a.x_f__mutmut_1", "0.9") == (34, ["z"])
+    code, ran = run("exptorch.a.x_f__mutmut_1", "2.5")  # 0.3 + 1.5 + 0: the fixture once
+    assert (code, ran[0], sorted(ran)) == (0, "z", ["x", "y", "z"])
 
 
 def test_the_test_that_killed_a_mutant_is_recorded(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,17 @@ def pytest_fixture_setup(fixturedef: Any, request: Any) -> Any:
     so mutmut files what it calls under that test only, and a mutant of a function only the
     fixture calls is never run against the other tests that read its result (a false survivor).
     Keep what the fixture called, its ``expt`` processes included, for every test using it."""
-    if os.environ.get("MUTANT_UNDER_TEST") != "stats" or fixturedef.scope == "function":
+    if fixturedef.scope == "function":
+        yield
+        return
+    if os.environ.get("MUTANT_UNDER_TEST") == "":
+        started = time.perf_counter()
+        yield
+        spent = time.perf_counter() - started
+        FIXTURE_COSTS[fixture_key(fixturedef)] = spent
+        BROADER_SETUP[0] += spent
+        return
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
         yield
         return
     from mutmut.state import state
@@ -98,11 +109,11 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
         config.hook.pytest_deselected(items=unfit)
         items[:] = [item for item in items if item not in unfit]
     if running_a_mutant():
-        durations = duration_by_test()
-        items.sort(key=lambda item: durations[item.nodeid])
+        costs = Costs.load()
+        items.sort(key=costs.alone)
         budget = os.environ.get(QUICK)
         if budget:
-            cut = items[quickest(items, durations, float(budget)) :]
+            cut = items[costs.fitting(items, float(budget)) :]
             if cut:
                 config.hook.pytest_deselected(items=cut)
                 del items[-len(cut) :]
@@ -119,21 +130,81 @@ LEFT_OUT = pytest.StashKey[int]()
 UNDECIDED = 34
 
 
-def quickest(items: list[Any], durations: dict[str, float], budget: float) -> int:
-    """How many of ``items`` (quickest first) fit in ``budget`` seconds; at least one."""
-    spent = 0.0
-    for kept, item in enumerate(items):
-        spent += durations[item.nodeid]
-        if spent > budget:
-            return max(kept, 1)
-    return len(items)
+#: what each test cost in mutmut's clean run, set-up and tear-down included, and what each
+#: fixture broader than a test took to set up; kept beside the run folder (``.mutation/``)
+COSTS = "test-costs.json"
+#: this process's: seconds by test id (less its broader fixtures' set-up), by fixture
+TEST_COSTS: collections.Counter[str] = collections.Counter()
+FIXTURE_COSTS: dict[str, float] = {}
+#: seconds of broader fixtures' set-up inside the current test's set-up
+BROADER_SETUP = [0.0]
+
+
+def fixture_key(fixturedef: Any) -> str:
+    return f"{fixturedef.baseid}::{fixturedef.argname}"
+
+
+class Costs:
+    """What running a test costs a mutant's process, which starts with no fixture set up.
+    mutmut's durations count only each test's call: a test whose module fixture runs ``expt``
+    looked free, came first and cost that run. These come from the clean run (``record``),
+    mutmut's durations stand in for tests it has not measured."""
+
+    def __init__(self, tests: dict[str, float], fixtures: dict[str, float]) -> None:
+        self.tests = tests
+        self.fixtures = fixtures
+
+    @classmethod
+    def load(cls) -> Costs:
+        path = Path.cwd().parent / COSTS  # mutmut runs the tests in .mutation/mutants/
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        tests = dict(duration_by_test(), **saved.get("tests", {}))
+        return cls(collections.defaultdict(float, tests), saved.get("fixtures", {}))
+
+    def broader(self, item: Any) -> dict[str, float]:
+        """The set-up cost of each fixture broader than a test that ``item`` uses."""
+        fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        used = [definitions[-1] for definitions in fixtures.values() if definitions]
+        keys = (fixture_key(d) for d in used if d.scope != "function")
+        return {key: self.fixtures[key] for key in keys if key in self.fixtures}
+
+    def alone(self, item: Any) -> float:
+        return self.tests[item.nodeid] + sum(self.broader(item).values())
+
+    def fitting(self, items: list[Any], budget: float) -> int:
+        """How many of ``items``, in order, fit in ``budget`` seconds, each broader fixture
+        counted once; at least one."""
+        spent, ready = 0.0, set()
+        for kept, item in enumerate(items):
+            fixtures = self.broader(item)
+            spent += self.tests[item.nodeid] + sum(
+                cost for key, cost in fixtures.items() if key not in ready
+            )
+            ready |= fixtures.keys()
+            if spent > budget:
+                return max(kept, 1)
+        return len(items)
+
+    @staticmethod
+    def record() -> None:
+        """Add this clean run's costs to those kept (a clean run may run only some tests)."""
+        path = Path.cwd().parent / COSTS
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        saved.setdefault("tests", {}).update(TEST_COSTS)
+        saved.setdefault("fixtures", {}).update(FIXTURE_COSTS)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(saved, indent=1, sort_keys=True))
+        partial.replace(path)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
-    """A mutant that passed its quickest tests survived nothing yet: tests were left out."""
+    """A mutant that passed its quickest tests survived nothing yet: tests were left out.
+    The clean run keeps what its tests cost."""
     if exitstatus == 0 and session.config.stash.get(LEFT_OUT, 0):
         session.exitstatus = UNDECIDED
+    if os.environ.get("MUTANT_UNDER_TEST") == "" and TEST_COSTS:
+        Costs.record()
 
 
 def duration_by_test() -> dict[str, float]:
@@ -151,9 +222,13 @@ def pytest_runtest_logreport(report: Any) -> None:
     ``.mutation/clean-run-failures.txt`` (the tests run in ``.mutation/mutants/``). mutmut
     does not say which test killed a mutant either: ``.mutation/kills.txt`` does, a line per
     kill, so that a flaky test's kills can be found and checked again."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST")
+    if mutant == "":
+        own = BROADER_SETUP[0] if report.when == "setup" else 0.0
+        TEST_COSTS[report.nodeid] += max(report.duration - own, 0.0)
+        BROADER_SETUP[0] = 0.0 if report.when == "setup" else BROADER_SETUP[0]
     if not report.failed:
         return
-    mutant = os.environ.get("MUTANT_UNDER_TEST")
     if mutant in ("", "stats"):
         with open(Path.cwd().parent / "clean-run-failures.txt", "a") as f:
             f.write(f"{report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
