@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -126,16 +127,25 @@ def test_a_module_run_checks_only_mutants_without_a_verdict_or_that_survived(
 
 
 SITE = SCRIPT.parent / "mutation_site"
+QUICK = "EXPTORCH_MUTATION_QUICK"
 
 
 def pytest_with_the_plugin(
-    folder: Path, mutant: str, *args: str, path: tuple[Path, ...] = (), **kwargs
+    folder: Path,
+    mutant: str,
+    *args: str,
+    path: tuple[Path, ...] = (),
+    quick: str | None = None,
+    **kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
     """pytest in ``folder`` with scripts/mutation_site's plugin (and ``path`` after it on
     ``PYTHONPATH``), as mutmut runs it for ``mutant`` ("" is the clean run, "stats" its
-    collection of which tests call what)."""
+    collection of which tests call what), in a quick pass of ``quick`` seconds if given (not
+    in the one this suite may itself be run by)."""
     pythonpath = os.pathsep.join(str(p) for p in (SITE, *path))
     env = dict(os.environ, PYTHONPATH=pythonpath, MUTANT_UNDER_TEST=mutant)
+    env.pop(QUICK, None)
+    env.update({QUICK: quick} if quick else {})
     command = [sys.executable, "-m", "pytest", "-p", "mutation_hits", "-p", "no:cacheprovider"]
     return subprocess.run(
         [*command, *args, "tests"], cwd=folder, env=env, capture_output=True, text=True, **kwargs
@@ -163,7 +173,7 @@ def test_a_mutants_tests_run_quickest_first(tmp_path: Path) -> None:
 
 
 def test_a_quick_pass_runs_only_the_quickest_tests_and_decides_only_kills(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """``--quick SECONDS``: a mutant's tests, quickest first, as many as fit in SECONDS (one at
     least); passing them with others left out is no verdict (34), failing one is a kill."""
@@ -180,8 +190,7 @@ def test_a_quick_pass_runs_only_the_quickest_tests_and_decides_only_kills(
     (project / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
 
     def run(mutant: str, budget: str) -> tuple[int, list[str]]:
-        monkeypatch.setenv("EXPTORCH_MUTATION_QUICK", budget)
-        done = pytest_with_the_plugin(project, mutant, "-v", "-x", check=False)
+        done = pytest_with_the_plugin(project, mutant, "-v", "-x", quick=budget, check=False)
         return done.returncode, re.findall(r"::test_(\w+) (?:PASSED|FAILED)", done.stdout)
 
     assert run("exptorch.a.x_f__mutmut_1", "3") == (34, ["a", "b"])
@@ -195,7 +204,7 @@ def test_a_quick_pass_runs_only_the_quickest_tests_and_decides_only_kills(
 
 
 def test_a_test_costs_its_set_up_too_and_a_shared_fixture_is_counted_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """mutmut's durations count a test's call only: a test whose module fixture runs ``expt``
     looks free. The clean run keeps what each test and each broader fixture cost
@@ -214,8 +223,7 @@ def test_a_test_costs_its_set_up_too_and_a_shared_fixture_is_counted_once(
     (project / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": calls}))
 
     def run(mutant: str, budget: str) -> tuple[int, list[str]]:
-        monkeypatch.setenv("EXPTORCH_MUTATION_QUICK", budget)
-        done = pytest_with_the_plugin(project, mutant, "-v", "-x", check=False)
+        done = pytest_with_the_plugin(project, mutant, "-v", "-x", quick=budget, check=False)
         return done.returncode, re.findall(r"::test_(\w+) PASSED", done.stdout)
 
     # not measured yet, by mutmut's durations every test is free: all fit, the fixture's first
