@@ -121,7 +121,7 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
 
 
 #: ``scripts/mutation.py --quick SECONDS``: each mutant runs only its quickest tests, as many
-#: as fit in SECONDS of their collection-run durations (the quickest one at least)
+#: as fit in SECONDS of their costs (``Costs``; the quickest one at least)
 QUICK = "EXPTORCH_MUTATION_QUICK"
 #: how many of a mutant's tests the quick pass left out
 LEFT_OUT = pytest.StashKey[int]()
