@@ -155,7 +155,7 @@ def verdicts() -> dict[str, int | None]:
 
 
 def verdict(code: int | None) -> str:
-    if code is None:
+    if code is None or code in NO_VERDICT:
         return "not checked"
     if code == TYPE_ERROR:
         return "mypy"

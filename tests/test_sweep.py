@@ -1057,6 +1057,86 @@ def test_with_cuda_each_worker_gets_its_own_gpu(monkeypatch) -> None:
         worker_devices("cuda", 2)
 
 
+def test_the_first_and_last_lines_say_what_the_sweep_is_and_what_it_did(
+    tmp_path: Path, plugins
+) -> None:
+    """What ``expt sweep run`` prints when it starts (its budget, sampler, parameters,
+    objective, pruner, trials already counted, workers, storage) and when it ends (trials by
+    state, its wall time, the best trial, the command that shows the leaderboard)."""
+    import types
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from exptorch.sweep import SESSION_PREFIX, describe_end, describe_start
+
+    spec = read_sweep(
+        write_sweep(tmp_path, 'trials = 4\ntimeout = "2h"\nsampler = "random"\nseed = 0\n'
+                    'pruner = "median"',
+                    "lr = { log-uniform = [0.001, 0.1] }\nmomentum = { choice = [0.0, 0.9] }"),
+        plugins,
+    )  # fmt: skip
+    study = optuna.create_study(direction="maximize")
+    folder = tmp_path / "runs" / "s"
+    sweep = types.SimpleNamespace(
+        name="s", spec=spec, study=study, folder=folder, shown_url="sqlite:///db"
+    )
+    assert describe_start(sweep, 1) == (
+        "sweep s: 4 trials or 2h of random over lr, momentum "
+        "(maximize test_accuracy, pruner median); 1 worker; storage sqlite:///db"
+    )
+    see = f"see `expt sweep show s --runs-dir {tmp_path / 'runs'}`"
+    assert describe_end(sweep) == f"sweep s: no trials in 0.0s; {see}"
+    space = {"lr": FloatDistribution(1e-4, 1.0, log=True)}
+    study.add_trial(create_trial(state=TrialState.FAIL, params={"lr": 0.01}, distributions=space))
+    assert describe_end(sweep) == f"sweep s: 1 failed in 0.0s; {see}"  # no best trial yet
+    for state, value in [(TrialState.COMPLETE, 0.81234567),
+                         (TrialState.COMPLETE, 0.5), (TrialState.PRUNED, None)]:  # fmt: skip
+        study.add_trial(create_trial(state=state, value=value, params={"lr": 0.01},
+                                     distributions=space))  # fmt: skip
+    study.set_user_attr(f"{SESSION_PREFIX}a", [100.0, 150.0])  # two commands, overlapping
+    study.set_user_attr(f"{SESSION_PREFIX}b", [120.0, 200.0])
+    assert describe_start(sweep, 2) == (
+        "sweep s: 4 trials or 2h of random over lr, momentum "
+        "(maximize test_accuracy, pruner median, 4 already counted); 2 workers; "
+        "storage sqlite:///db"
+    )
+    assert describe_end(sweep) == (
+        "sweep s: 2 complete, 1 failed, 1 pruned in 1m40s; best trial 1: test_accuracy 0.8123; "
+        + see
+    )
+
+
+def test_durations_read_in_hours_minutes_or_seconds_and_parameters_as_written() -> None:
+    """How a sweep's lines show a time (its budget, its wall time) and a trial's parameters:
+    floats to 4 significant digits, choices and integers as the sweep file wrote them."""
+    from exptorch.sweep import _short
+    from exptorch.sweep_file import format_duration
+
+    durations = [59.94, 60, 61, 120, 3599, 3600, 5400]
+    assert [format_duration(s) for s in durations] == [
+        "59.9s", "1m", "1m01s", "2m", "59m59s", "1h", "1.5h"
+    ]  # fmt: skip
+    assert [_short(v) for v in (0.0123456, "sgd", 64)] == ["0.01235", "sgd", "64"]
+
+
+def test_the_command_that_continues_a_sweep_repeats_its_options_quoted() -> None:
+    """Printed when a sweep is interrupted, to be pasted as is: the options that name the
+    sweep's folder and storage and how it runs, only where they differ from the defaults."""
+    from exptorch_plugins.sweep import _command_again
+
+    assert _command_again(Path("s.toml"), "a", Path("runs"), None, 1, None) == (
+        "expt sweep run s.toml --name a"
+    )
+    assert _command_again(
+        Path("my sweeps/s.toml"), "a b", Path("/data/runs"), "postgresql://u:***@h/db", 2, "cuda"
+    ) == (
+        "expt sweep run 'my sweeps/s.toml' --name 'a b' --runs-dir /data/runs "
+        "--storage 'postgresql://u:***@h/db' --workers 2 --device cuda"
+    )
+
+
 def test_the_summary_counts_trials_by_the_state_names_show_uses() -> None:
     """What ``expt sweep run`` prints when it ends: counts under ``expt sweep show``'s names."""
     import types
