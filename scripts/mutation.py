@@ -6,6 +6,7 @@
     python scripts/mutation.py --sample 300          # 300 mutants drawn from the whole tree
     python scripts/mutation.py --sample 300 --score  # that sample's score, from saved verdicts
     python scripts/mutation.py --quick 20            # each mutant against its quickest tests only
+    python scripts/mutation.py --against tests/test_sweep.py exptorch.sweep_file  # see below
     python scripts/mutation.py --sample 300 --again  # check the killed ones again too
     python scripts/mutation.py --again exptorch.config  # all of its mutants, killed ones too
     python scripts/mutation.py --recollect exptorch.config   # after editing tests: see below
@@ -58,6 +59,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -498,6 +500,15 @@ def main() -> int:
         help="run each mutant against only its quickest tests, those that fit in SECONDS: it "
         "records the kills quickly; a mutant none of them kills stays unchecked, for a full run",
     )
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="TEST",
+        help="check the unchecked and surviving mutants of the modules named against only "
+        "these tests (a file, a test id, or a pytest option such as --against=-kread_sweep), "
+        "without mutmut: it records kills; the others keep their verdict or none",
+    )
     parser.add_argument("--score", action="store_true", help="only print the last scores")
     parser.add_argument("--survivors", action="store_true", help="show the surviving mutants")
     parser.add_argument(
@@ -527,6 +538,10 @@ def main() -> int:
         return 0
     if args.survivors:
         return show_survivors(mutmut, globs, env)
+    if args.against:
+        if not globs:
+            parser.error("--against checks the modules named: name at least one")
+        return check_against(globs, args.against, env, args.max_children)
     # not into the .meta files of a run that may be going on, unless there are none yet
     if not args.score or not meta_files():
         restore_verdicts()
@@ -566,6 +581,62 @@ def run_modules(
         return run_mutmut(mutmut, ["exptorch*"] if again else [], max_children, env)
     names = globs if again else unsettled(globs, mutmut, max_children, env)
     return run_mutmut(mutmut, names, max_children, env) if names else 0
+
+
+def check_against(globs: list[str], tests: list[str], env: dict[str, str], workers: int) -> int:
+    """Check the unchecked and surviving mutants of these modules against ``tests`` only,
+    without mutmut: a mutant they fail is killed (written into the ``.meta`` files as mutmut
+    writes a kill); one they pass keeps its verdict, or none, as these need not be all the
+    tests that call it. The tests must pass without a mutant first. Not while a mutmut run is
+    going: it rewrites those files."""
+    if not meta_files():
+        raise SystemExit("No mutants are generated yet: run `tox -e mutation` first.")
+    tests = [t if t.startswith("-") else str(ROOT / t) for t in tests]
+    if pytest_against("", tests, env) != 0:
+        raise SystemExit(f"The tests {' '.join(tests)} fail without any mutant; fix them first.")
+    open_verdicts = ("not checked", "survived")
+    names = [
+        n for n, c in verdicts().items() if in_modules(n, globs) and verdict(c) in open_verdicts
+    ]
+    killed: list[str] = []
+    with ThreadPoolExecutor(workers) as pool:
+        try:
+            codes = pool.map(lambda n: pytest_against(n, tests, env), names)
+            for name, code in zip(names, codes, strict=True):
+                killed += [name] if code == 1 else []
+        finally:  # Ctrl-C too: the kills found until then are kept
+            pool.shutdown(cancel_futures=True)
+            record_kills(set(killed))
+            save_verdicts()
+    print(
+        f"{len(killed)} of {len(names)} unchecked or surviving mutants killed by {' '.join(tests)}"
+    )
+    return 0
+
+
+def pytest_against(mutant: str, tests: list[str], env: dict[str, str]) -> int:
+    """pytest's exit code for ``tests`` run against ``mutant`` ("": none), as mutmut runs them
+    (stopping at the first failure, with the plugin); a run over 10 minutes is no verdict."""
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+               "-p", "mutation_hits", "-p", "no:randomly", *tests]  # fmt: skip
+    try:
+        return subprocess.run(
+            command, cwd=WORKSPACE / "mutants", env=dict(env, MUTANT_UNDER_TEST=mutant),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
+        ).returncode  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return INTERRUPTED
+
+
+def record_kills(killed: set[str]) -> None:
+    """Give the mutants ``killed`` names mutmut's verdict for a kill (1)."""
+    for meta in meta_files():
+        data = read_meta(meta)
+        codes = data["exit_code_by_key"]
+        new = [n for n in codes if n in killed]
+        if new:
+            codes.update(dict.fromkeys(new, 1))
+            write_whole(meta, json.dumps(data, indent=4))
 
 
 def unsettled(globs: list[str], mutmut: str, max_children: int, env: dict[str, str]) -> list[str]:

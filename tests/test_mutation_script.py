@@ -563,3 +563,37 @@ def test_a_quick_pass_keeps_kills_and_takes_no_verdict_away(
     started = json.loads(seen.read_text())["exit_code_by_key"]
     assert started == {"exptorch.a.x_f__mutmut_1": 1, "exptorch.a.x_f__mutmut_2": None,
                        "exptorch.a.x_f__mutmut_3": 0, "exptorch.a.x_f__mutmut_4": None}  # fmt: skip
+
+
+def test_against_records_the_kills_of_the_tests_given_and_nothing_else(
+    mutation: ModuleType, tmp_path: Path
+) -> None:
+    """``--against TESTS``: the unchecked and surviving mutants of the modules named, each run
+    against those tests only, outside mutmut; a failure is a kill, a pass decides nothing."""
+    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": None,
+               "exptorch.a.x_f__mutmut_2": None, "exptorch.a.x_f__mutmut_3": 0,
+               "exptorch.a.x_f__mutmut_4": 34, "exptorch.a.x_f__mutmut_5": 0})  # fmt: skip
+    write_meta(mutation.WORKSPACE, "exptorch.b", {"exptorch.b.x_g__mutmut_1": None})
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    dies = ["exptorch.a.x_f__mutmut_2", "exptorch.a.x_f__mutmut_3", "exptorch.a.x_f__mutmut_4",
+            "exptorch.b.x_g__mutmut_1"]  # fmt: skip
+    (suite / "test_k.py").write_text(
+        f"import os\ndef test_k(): assert os.environ['MUTANT_UNDER_TEST'] not in {dies!r}\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SITE))
+    env.pop(QUICK, None)
+    assert mutation.check_against(["exptorch.a.*"], [str(suite / "test_k.py")], env, 2) == 0
+    assert mutation.verdicts() == {
+        "exptorch.a.x_f__mutmut_1": None,  # passed: no verdict from these tests alone
+        "exptorch.a.x_f__mutmut_2": 1,
+        "exptorch.a.x_f__mutmut_3": 1,  # a survivor these tests kill
+        "exptorch.a.x_f__mutmut_4": 1,  # undecided by a quick pass
+        "exptorch.a.x_f__mutmut_5": 0,
+        "exptorch.b.x_g__mutmut_1": None,  # not in the modules named
+    }
+    kept = json.loads(mutation.STORE.read_text())["functions"]["exptorch.a.x_f"]["verdicts"]
+    assert kept == {"1": None, "2": 1, "3": 1, "4": 1, "5": 0}
+    (suite / "test_k.py").write_text("def test_k(): assert False\n")
+    with pytest.raises(SystemExit, match="fail without any mutant"):
+        mutation.check_against(["exptorch.a.*"], [str(suite / "test_k.py")], env, 2)
