@@ -154,17 +154,29 @@ def pytest_with_the_plugin(
     )
 
 
+def mutants_folder(tmp_path: Path, name: str, source: str, durations: dict[str, float]) -> Path:
+    """``tmp_path/mutants``, as ``.mutation/mutants/``: ``tests/<name>`` holding ``source``, and
+    mutmut's stats with these call durations (the clean run keeps its costs beside it)."""
+    project = tmp_path / "mutants"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / name).write_text(source)
+    (project / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
+    return project
+
+
+def quick_run(project: Path, mutant: str, budget: str) -> tuple[int, list[str]]:
+    """The exit code and the tests run, in order, of a quick pass of ``budget`` seconds."""
+    done = pytest_with_the_plugin(project, mutant, "-v", "-x", quick=budget, check=False)
+    return done.returncode, re.findall(r"::test_(\w+) (?:PASSED|FAILED)", done.stdout)
+
+
 def test_a_mutants_tests_run_quickest_first(tmp_path: Path) -> None:
     """mutmut stops at a mutant's first failing test; the plugin puts the quickest first, by
     the durations mutmut recorded, and leaves the order alone outside a mutant's run."""
-    project = tmp_path / "mutants"  # as in .mutation/: the clean run keeps its costs beside it
-    (project / "tests").mkdir(parents=True)
-    (project / "tests" / "test_order.py").write_text(
-        "def test_slow(): pass\ndef test_quick(): pass\ndef test_medium(): pass\n"
-    )
     durations = {"tests/test_order.py::test_slow": 9.0, "tests/test_order.py::test_quick": 0.1,
                  "tests/test_order.py::test_medium": 1.0}  # fmt: skip
-    (project / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
+    source = "def test_slow(): pass\ndef test_quick(): pass\ndef test_medium(): pass\n"
+    project = mutants_folder(tmp_path, "test_order.py", source, durations)
 
     def order(mutant: str) -> list[str]:
         out = pytest_with_the_plugin(project, mutant, "-v", check=True).stdout
@@ -179,9 +191,7 @@ def test_a_quick_pass_runs_only_the_quickest_tests_and_decides_only_kills(
 ) -> None:
     """``--quick SECONDS``: a mutant's tests, quickest first, as many as fit in SECONDS (one at
     least); passing them with others left out is no verdict (34), failing one is a kill."""
-    project = tmp_path / "mutants"
-    (project / "tests").mkdir(parents=True)
-    (project / "tests" / "test_quick.py").write_text(
+    source = (
         "import os\n"
         "def test_a(): pass\n"
         "def test_b(): assert os.environ['MUTANT_UNDER_TEST'] != 'exptorch.a.x_f__mutmut_2'\n"
@@ -189,11 +199,10 @@ def test_a_quick_pass_runs_only_the_quickest_tests_and_decides_only_kills(
     )
     durations = {"tests/test_quick.py::test_a": 1.0, "tests/test_quick.py::test_b": 2.0,
                  "tests/test_quick.py::test_c": 4.0}  # fmt: skip
-    (project / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": durations}))
+    project = mutants_folder(tmp_path, "test_quick.py", source, durations)
 
     def run(mutant: str, budget: str) -> tuple[int, list[str]]:
-        done = pytest_with_the_plugin(project, mutant, "-v", "-x", quick=budget, check=False)
-        return done.returncode, re.findall(r"::test_(\w+) (?:PASSED|FAILED)", done.stdout)
+        return quick_run(project, mutant, budget)
 
     assert run("exptorch.a.x_f__mutmut_1", "3") == (34, ["a", "b"])
     assert run("exptorch.a.x_f__mutmut_2", "3") == (1, ["a", "b"])
@@ -211,9 +220,7 @@ def test_a_test_costs_its_set_up_too_and_a_shared_fixture_is_counted_once(
     """mutmut's durations count a test's call only: a test whose module fixture runs ``expt``
     looks free. The clean run keeps what each test and each broader fixture cost
     (``.mutation/test-costs.json``); a mutant's tests are ordered and cut by that."""
-    project = tmp_path / "mutants"
-    (project / "tests").mkdir(parents=True)
-    (project / "tests" / "test_costs.py").write_text(
+    source = (
         "import time, pytest\n"
         "@pytest.fixture(scope='module')\n"
         "def run(): time.sleep(1.5)\n"
@@ -222,11 +229,10 @@ def test_a_test_costs_its_set_up_too_and_a_shared_fixture_is_counted_once(
         "def test_z(): time.sleep(0.3)\n"
     )
     calls = {f"tests/test_costs.py::test_{t}": 0.0 for t in "xyz"}  # as mutmut records them
-    (project / "mutmut-stats.json").write_text(json.dumps({"duration_by_test": calls}))
+    project = mutants_folder(tmp_path, "test_costs.py", source, calls)
 
     def run(mutant: str, budget: str) -> tuple[int, list[str]]:
-        done = pytest_with_the_plugin(project, mutant, "-v", "-x", quick=budget, check=False)
-        return done.returncode, re.findall(r"::test_(\w+) PASSED", done.stdout)
+        return quick_run(project, mutant, budget)
 
     # not measured yet, by mutmut's durations every test is free: all fit, the fixture's first
     assert run("exptorch.a.x_f__mutmut_1", "0.9") == (0, ["x", "y", "z"])
