@@ -593,8 +593,12 @@ def check_against(globs: list[str], tests: list[str], env: dict[str, str], worke
         raise SystemExit("No mutants are generated yet: run `tox -e mutation` first.")
     tests = [t if t.startswith("-") else str(ROOT / t) for t in tests]
     # the control: the same tests, in the same order and (--quick) cut, with no mutant active
-    if pytest_against(f"{NO_SUCH_MUTANT}__mutmut_0", tests, env) not in (0, UNDECIDED):
-        raise SystemExit(f"The tests {' '.join(tests)} fail without any mutant; fix them first.")
+    control = pytest_against(f"{NO_SUCH_MUTANT}__mutmut_0", tests, env)
+    if control not in (0, UNDECIDED):
+        raise SystemExit(
+            f"The tests {' '.join(tests)} fail without any mutant (pytest's exit code "
+            f"{control}); run them with pytest to see why."
+        )
     open_verdicts = ("not checked", "survived")
     names = [
         n for n, c in verdicts().items() if in_modules(n, globs) and verdict(c) in open_verdicts
@@ -616,8 +620,9 @@ def check_against(globs: list[str], tests: list[str], env: dict[str, str], worke
 
 
 def pytest_against(mutant: str, tests: list[str], env: dict[str, str]) -> int:
-    """pytest's exit code for ``tests`` run against ``mutant`` ("": none), as mutmut runs them
-    (stopping at the first failure, with the plugin); a run over 10 minutes is no verdict."""
+    """pytest's exit code for ``tests`` run against ``mutant`` (a name no function has: none
+    active), as mutmut runs them (stopping at the first failure, with the plugin); a run over
+    10 minutes is no verdict."""
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                "-p", "mutation_hits", "-p", "no:randomly", *tests]  # fmt: skip
     try:
