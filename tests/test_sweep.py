@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -717,7 +718,7 @@ def test_ctrl_c_stops_every_worker_resumably(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
-    assert "Continue it with: expt sweep run" in err
+    assert f"Continue it with: expt sweep run {shlex.quote(str(path))} --name c --workers 2" in err
     for i in range(2):
         state = json.loads((folder / f"trial-000{i}/state.json").read_text())
         assert state["state"] == "interrupted", state
