@@ -604,19 +604,23 @@ def check_against(globs: list[str], tests: list[str], env: dict[str, str], worke
         n for n, c in verdicts().items() if in_modules(n, globs) and verdict(c) in open_verdicts
     ]
     killed: list[str] = []
+    stopped = False
     with ThreadPoolExecutor(workers) as pool:
         try:
             codes = pool.map(lambda n: pytest_against(n, tests, env), names)
             for name, code in zip(names, codes, strict=True):
                 killed += [name] if code == 1 else []
-        finally:  # Ctrl-C too: the kills found until then are kept
+        except KeyboardInterrupt:  # the kills found until then are kept
+            stopped = True
+        finally:
             pool.shutdown(cancel_futures=True)
             record_kills(set(killed))
             save_verdicts()
     print(
-        f"{len(killed)} of {len(names)} unchecked or surviving mutants killed by {' '.join(tests)}"
+        f"{'Stopped: ' if stopped else ''}{len(killed)} of {len(names)} unchecked or surviving "
+        f"mutants killed by {' '.join(tests)}"
     )
-    return 0
+    return 130 if stopped else 0
 
 
 def pytest_against(mutant: str, tests: list[str], env: dict[str, str]) -> int:
