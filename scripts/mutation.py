@@ -59,6 +59,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -409,29 +410,29 @@ def run_mutmut(
     return result.returncode
 
 
-def forget_undecided() -> dict[str, int | None]:
-    """Make each mutant a run left without a verdict (stopped, or undecided by ``--quick``)
-    unchecked again, in the ``.meta`` files, so that mutmut checks it; return every verdict."""
+def rewrite_codes(new_code: Callable[[str, int | None], int | None]) -> None:
+    """Give every mutant ``new_code(name, code)`` as its exit code in the ``.meta`` files,
+    rewriting only those it changes. Not while a run is going: mutmut rewrites those files."""
     for meta in meta_files():
         data = read_meta(meta)
         codes = data["exit_code_by_key"]
-        undecided = [name for name, code in codes.items() if code in NO_VERDICT]
-        if undecided:
-            codes.update(dict.fromkeys(undecided))
+        changed = {n: new_code(n, c) for n, c in codes.items() if new_code(n, c) != c}
+        if changed:
+            codes.update(changed)
             write_whole(meta, json.dumps(data, indent=4))
+
+
+def forget_undecided() -> dict[str, int | None]:
+    """Make each mutant a run left without a verdict (stopped, or undecided by ``--quick``)
+    unchecked again, in the ``.meta`` files, so that mutmut checks it; return every verdict."""
+    rewrite_codes(lambda _name, code: None if code in NO_VERDICT else code)
     return verdicts()
 
 
 def keep_survivors(before: dict[str, int | None]) -> None:
     """A quick pass never takes a verdict away: a survivor it checked again, with only its
     quickest tests, and that none of them killed, stays a survivor (not undecided)."""
-    for meta in meta_files():
-        data = read_meta(meta)
-        codes = data["exit_code_by_key"]
-        kept = [n for n, c in codes.items() if c == UNDECIDED and before.get(n) == 0]
-        if kept:
-            codes.update(dict.fromkeys(kept, 0))
-            write_whole(meta, json.dumps(data, indent=4))
+    rewrite_codes(lambda name, code: 0 if code == UNDECIDED and before.get(name) == 0 else code)
 
 
 def generate(mutmut: str, max_children: int, env: dict[str, str]) -> None:
@@ -640,13 +641,7 @@ def pytest_against(mutant: str, tests: list[str], env: dict[str, str]) -> int:
 
 def record_kills(killed: set[str]) -> None:
     """Give the mutants ``killed`` names mutmut's verdict for a kill (1)."""
-    for meta in meta_files():
-        data = read_meta(meta)
-        codes = data["exit_code_by_key"]
-        new = [n for n in codes if n in killed]
-        if new:
-            codes.update(dict.fromkeys(new, 1))
-            write_whole(meta, json.dumps(data, indent=4))
+    rewrite_codes(lambda name, code: 1 if name in killed else code)
 
 
 def unsettled(globs: list[str], mutmut: str, max_children: int, env: dict[str, str]) -> list[str]:
