@@ -154,10 +154,18 @@ class Costs:
         self.tests = tests
         self.fixtures = fixtures
 
+    @staticmethod
+    def path() -> Path:
+        return Path.cwd().parent / COSTS  # mutmut runs the tests in .mutation/mutants/
+
+    @staticmethod
+    def saved() -> dict[str, dict[str, float]]:
+        path = Costs.path()
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     @classmethod
     def load(cls) -> Costs:
-        path = Path.cwd().parent / COSTS  # mutmut runs the tests in .mutation/mutants/
-        saved = json.loads(path.read_text()) if path.is_file() else {}
+        saved = cls.saved()
         tests = dict(duration_by_test(), **saved.get("tests", {}))
         return cls(collections.defaultdict(float, tests), saved.get("fixtures", {}))
 
@@ -188,8 +196,7 @@ class Costs:
     @staticmethod
     def record() -> None:
         """Add this clean run's costs to those kept (a clean run may run only some tests)."""
-        path = Path.cwd().parent / COSTS
-        saved = json.loads(path.read_text()) if path.is_file() else {}
+        path, saved = Costs.path(), Costs.saved()
         saved.setdefault("tests", {}).update(TEST_COSTS)
         saved.setdefault("fixtures", {}).update(FIXTURE_COSTS)
         partial = path.with_name(path.name + ".partial")
@@ -205,6 +212,14 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
         session.exitstatus = UNDECIDED
     if os.environ.get("MUTANT_UNDER_TEST") == "" and TEST_COSTS:
         Costs.record()
+
+
+def add_cost(report: Any) -> None:
+    """Count a phase of a test of the clean run; its set-up without that of the broader
+    fixtures it set up (each is counted apart, in ``FIXTURE_COSTS``)."""
+    broader = BROADER_SETUP[0] if report.when == "setup" else 0.0
+    BROADER_SETUP[0] -= broader
+    TEST_COSTS[report.nodeid] += max(report.duration - broader, 0.0)
 
 
 def duration_by_test() -> dict[str, float]:
@@ -224,9 +239,7 @@ def pytest_runtest_logreport(report: Any) -> None:
     kill, so that a flaky test's kills can be found and checked again."""
     mutant = os.environ.get("MUTANT_UNDER_TEST")
     if mutant == "":
-        own = BROADER_SETUP[0] if report.when == "setup" else 0.0
-        TEST_COSTS[report.nodeid] += max(report.duration - own, 0.0)
-        BROADER_SETUP[0] = 0.0 if report.when == "setup" else BROADER_SETUP[0]
+        add_cost(report)
     if not report.failed:
         return
     if mutant in ("", "stats"):
