@@ -1066,9 +1066,8 @@ def test_the_first_and_last_lines_say_what_the_sweep_is_and_what_it_did(
     state, its wall time, the best trial, the command that shows the leaderboard)."""
     import types
 
-    import optuna
-    from optuna.distributions import FloatDistribution
-    from optuna.trial import TrialState, create_trial
+    from optuna.trial import TrialState
+    from test_sweep_report import study_of, trial
 
     from exptorch.sweep import SESSION_PREFIX, describe_end, describe_start
 
@@ -1078,7 +1077,7 @@ def test_the_first_and_last_lines_say_what_the_sweep_is_and_what_it_did(
                     "lr = { log-uniform = [0.001, 0.1] }\nmomentum = { choice = [0.0, 0.9] }"),
         plugins,
     )  # fmt: skip
-    study = optuna.create_study(direction="maximize")
+    study = study_of()
     folder = tmp_path / "runs" / "s"
     sweep = types.SimpleNamespace(
         name="s", spec=spec, study=study, folder=folder, shown_url="sqlite:///db"
@@ -1089,13 +1088,10 @@ def test_the_first_and_last_lines_say_what_the_sweep_is_and_what_it_did(
     )
     see = f"see `expt sweep show s --runs-dir {tmp_path / 'runs'}`"
     assert describe_end(sweep) == f"sweep s: no trials in 0.0s; {see}"
-    space = {"lr": FloatDistribution(1e-4, 1.0, log=True)}
-    study.add_trial(create_trial(state=TrialState.FAIL, params={"lr": 0.01}, distributions=space))
+    study.add_trial(trial(TrialState.FAIL))
     assert describe_end(sweep) == f"sweep s: 1 failed in 0.0s; {see}"  # no best trial yet
-    for state, value in [(TrialState.COMPLETE, 0.81234567),
-                         (TrialState.COMPLETE, 0.5), (TrialState.PRUNED, None)]:  # fmt: skip
-        study.add_trial(create_trial(state=state, value=value, params={"lr": 0.01},
-                                     distributions=space))  # fmt: skip
+    for frozen in (trial(value=0.81234567), trial(value=0.5), trial(TrialState.PRUNED)):
+        study.add_trial(frozen)
     study.set_user_attr(f"{SESSION_PREFIX}a", [100.0, 150.0])  # two commands, overlapping
     study.set_user_attr(f"{SESSION_PREFIX}b", [120.0, 200.0])
     assert describe_start(sweep, 2) == (
