@@ -48,19 +48,21 @@ After each run (and with ``--save``, also during one), the file is written again
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
+import importlib
 import importlib.metadata
 import json
 import math
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -588,13 +590,20 @@ def check_against(globs: list[str], tests: list[str], env: dict[str, str], worke
     """Check the unchecked and surviving mutants of these modules against ``tests`` only,
     without mutmut: a mutant they fail is killed (written into the ``.meta`` files as mutmut
     writes a kill); one they pass keeps its verdict, or none, as these need not be all the
-    tests that call it. The tests must pass without a mutant first. Not while a mutmut run is
-    going: it rewrites those files."""
+    tests that call it. Each mutant runs only those of ``tests`` that mutmut found calling
+    its function, in a process forked from this one (which imported torch once). The tests
+    must pass without a mutant first, and every test that killed one must pass without it
+    after (else its kills are dropped). Not while a mutmut run is going: it rewrites those
+    files."""
     if not meta_files():
         raise SystemExit("No mutants are generated yet: run `tox -e mutation` first.")
     tests = [t if t.startswith("-") else str(ROOT / t) for t in tests]
+    preload()
     # the control: the same tests, in the same order and (--quick) cut, with no mutant active
-    control = pytest_against(f"{NO_SUCH_MUTANT}__mutmut_0", tests, env)
+    started = time.monotonic()
+    control = run_forked([(CONTROL, tests)], env, workers)[CONTROL]
+    # a mutant's run ten times as long as the control's is one that hangs: no verdict
+    limit = max(60.0, 10 * (time.monotonic() - started))
     if control not in (0, UNDECIDED):
         raise SystemExit(
             f"The tests {' '.join(tests)} fail without any mutant (pytest's exit code "
@@ -604,39 +613,144 @@ def check_against(globs: list[str], tests: list[str], env: dict[str, str], worke
     names = [
         n for n, c in verdicts().items() if in_modules(n, globs) and verdict(c) in open_verdicts
     ]
-    killed: list[str] = []
-    stopped = False
-    with ThreadPoolExecutor(workers) as pool:
-        try:
-            codes = pool.map(lambda n: pytest_against(n, tests, env), names)
-            for name, code in zip(names, codes, strict=True):
-                killed += [name] if code == 1 else []
-        except KeyboardInterrupt:  # the kills found until then are kept
-            stopped = True
-        finally:
-            pool.shutdown(cancel_futures=True)
-            record_kills(set(killed))
-            save_verdicts()
+    calls = tests_calling(tests)
+    runs = [(n, called) for n in names if (called := calls(function_of_mutant(n)))]
+    kills_seen = kills_file().stat().st_size if kills_file().is_file() else 0
+    codes = run_forked(runs, env, workers, limit)
+    stopped = len(codes) < len(runs)
+    killed = {name for name, code in codes.items() if code == 1}
+    killed -= false_kills(killing_tests(kills_seen, killed), env)
+    record_kills(killed)
+    save_verdicts()
     print(
         f"{'Stopped: ' if stopped else ''}{len(killed)} of {len(names)} unchecked or surviving "
-        f"mutants killed by {' '.join(tests)}"
+        f"mutants killed by {' '.join(tests)} ({len(names) - len(runs)} called by none of them)"
     )
     return 130 if stopped else 0
 
 
-def pytest_against(mutant: str, tests: list[str], env: dict[str, str]) -> int:
-    """pytest's exit code for ``tests`` run against ``mutant`` (a name no function has: none
-    active), as mutmut runs them (stopping at the first failure, with the plugin); a run over
-    10 minutes is no verdict."""
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-               "-p", "mutation_hits", "-p", "no:randomly", *tests]  # fmt: skip
+#: a mutant no function has: its run is a run with none active, cut as a mutant's is
+CONTROL = f"{NO_SUCH_MUTANT}__mutmut_0"
+#: what each ``pytest`` forked for ``--against`` would import: imported once, before the forks
+PRELOAD = ("pytest", "torch", "torchvision", "numpy", "PIL.Image", "click", "pluggy", "optuna")
+
+
+def preload() -> None:
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):  # the tests import it, or do without
+            importlib.import_module(name)
+
+
+def function_of_mutant(name: str) -> str:
+    return name.rpartition("__mutmut_")[0]
+
+
+def tests_calling(tests: list[str]) -> Callable[[str], list[str]]:
+    """For a function's mangled name, the test ids among ``tests`` (files or test ids,
+    absolute; options kept as given) that mutmut's collection run found calling it: none, if
+    none does."""
+    stats = WORKSPACE / "mutants" / "mutmut-stats.json"
+    if not stats.is_file():
+        raise SystemExit("mutmut has not collected which tests call what: run `tox -e mutation`.")
+    by_function = json.loads(stats.read_text())["tests_by_mangled_function_name"]
+    options = [t for t in tests if t.startswith("-")]
+    wanted = [t for t in tests if not t.startswith("-")]
+
+    def chosen(test_id: str) -> bool:
+        path, _, rest = test_id.partition("::")
+        full = f"{ROOT / path}::{rest}"
+        return any(full == w or full.startswith(w + ("[" if "::" in w else "::")) or
+                   full.startswith(w.rstrip("/") + "/") for w in wanted)  # fmt: skip
+
+    def calling(function: str) -> list[str]:
+        ids = sorted(t for t in by_function.get(function, ()) if chosen(t))
+        return [*options, *(f"{ROOT / t}" for t in ids)] if ids else []
+
+    return calling
+
+
+def run_forked(
+    runs: list[tuple[str, list[str]]], env: dict[str, str], workers: int, limit: float = 600
+) -> dict[str, int]:
+    """pytest's exit code for each (mutant, tests), ``workers`` at a time, until Ctrl-C (the
+    codes of the runs that ended by then); a run over ``limit`` seconds is stopped, no
+    verdict."""
+    codes: dict[str, int] = {}
+    going: dict[int, tuple[str, float]] = {}
+    waiting = list(reversed(runs))
     try:
-        return subprocess.run(
-            command, cwd=WORKSPACE / "mutants", env=dict(env, MUTANT_UNDER_TEST=mutant),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
-        ).returncode  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return INTERRUPTED
+        while waiting or going:
+            while waiting and len(going) < workers:
+                mutant, tests = waiting.pop()
+                going[fork_pytest(mutant, tests, env)] = (mutant, time.monotonic())
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if not pid:
+                time.sleep(0.02)
+                for late, (_, started) in going.items():
+                    if time.monotonic() - started > limit:
+                        os.kill(late, signal.SIGTERM)
+                continue
+            mutant, started = going.pop(pid)
+            late = time.monotonic() - started > limit
+            codes[mutant] = INTERRUPTED if late else os.waitstatus_to_exitcode(status)
+    except KeyboardInterrupt:  # the children got it too: wait for them to stop
+        for pid in going:
+            os.waitpid(pid, 0)
+    return codes
+
+
+def fork_pytest(mutant: str, tests: list[str], env: dict[str, str]) -> int:
+    """Start ``pytest`` on ``tests`` against ``mutant``, as mutmut runs a mutant (stopping at
+    the first failure, with the plugin; ``-x`` may be taken back with ``--maxfail=0``), in a
+    child of this process, output hidden; its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 3
+    try:
+        os.chdir(WORKSPACE / "mutants")
+        os.environ.clear()
+        os.environ.update(env, MUTANT_UNDER_TEST=mutant)
+        sys.path[:0] = ["", *env.get("PYTHONPATH", "").split(os.pathsep)]
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        import pytest
+
+        code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "mutation_hits",
+                                "-p", "no:randomly", *tests]))  # fmt: skip
+    finally:
+        os._exit(code)
+
+
+def kills_file() -> Path:
+    return WORKSPACE / "kills.txt"  # mutation_hits.py writes a line per kill
+
+
+def killing_tests(seen: int, killed: set[str]) -> dict[str, set[str]]:
+    """The mutants each test killed, from the lines ``kills.txt`` got after ``seen`` bytes."""
+    by_test: dict[str, set[str]] = {}
+    with open(kills_file(), "rb") as f:
+        f.seek(seen)
+        for line in f.read().decode().splitlines():
+            mutant, test, _ = line.split("\t")
+            if mutant in killed:
+                by_test.setdefault(str(ROOT / test), set()).add(mutant)
+    return by_test
+
+
+def false_kills(by_test: dict[str, set[str]], env: dict[str, str]) -> set[str]:
+    """The kills of the tests among ``by_test`` that fail without any mutant too (all run, not
+    cut by ``--quick``, not stopped at a failure): a flaky test's kills are none."""
+    if not by_test:
+        return set()
+    seen = kills_file().stat().st_size
+    env = {k: v for k, v in env.items() if k != QUICK}
+    code = run_forked([(CONTROL, ["--maxfail=0", *by_test])], env, 1).get(CONTROL, INTERRUPTED)
+    if code == 0:
+        return set()
+    failed = killing_tests(seen, {CONTROL}) if code == 1 else by_test  # else: no telling which
+    return {mutant for test in failed for mutant in by_test.get(test, ())}
 
 
 def record_kills(killed: set[str]) -> None:

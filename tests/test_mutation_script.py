@@ -571,35 +571,88 @@ def test_a_quick_pass_keeps_kills_and_takes_no_verdict_away(
                        "exptorch.a.x_f__mutmut_3": 0, "exptorch.a.x_f__mutmut_4": None}  # fmt: skip
 
 
-def test_against_records_the_kills_of_the_tests_given_and_nothing_else(
-    mutation: ModuleType, tmp_path: Path
-) -> None:
-    """``--against TESTS``: the unchecked and surviving mutants of the modules named, each run
-    against those tests only, outside mutmut; a failure is a kill, a pass decides nothing."""
-    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": None,
-               "exptorch.a.x_f__mutmut_2": None, "exptorch.a.x_f__mutmut_3": 0,
-               "exptorch.a.x_f__mutmut_4": 34, "exptorch.a.x_f__mutmut_5": 0})  # fmt: skip
-    write_meta(mutation.WORKSPACE, "exptorch.b", {"exptorch.b.x_g__mutmut_1": None})
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    dies = ["exptorch.a.x_f__mutmut_2", "exptorch.a.x_f__mutmut_3", "exptorch.a.x_f__mutmut_4",
-            "exptorch.b.x_g__mutmut_1"]  # fmt: skip
-    (suite / "test_k.py").write_text(
-        f"import os\ndef test_k(): assert os.environ['MUTANT_UNDER_TEST'] not in {dies!r}\n"
-    )
+def against_suite(mutation: ModuleType, monkeypatch: pytest.MonkeyPatch, tests: str,
+                  calls: dict[str, list[str]]) -> dict[str, str]:  # fmt: skip
+    """``tests/test_k.py`` in a repository of its own, as ``--against`` runs it: mutmut found
+    ``calls`` (function -> test ids); the environment of its pytest processes."""
+    root = mutation.WORKSPACE
+    monkeypatch.setattr(mutation, "ROOT", root)
+    (root / "pytest.ini").write_text("[pytest]\n")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_k.py").write_text(tests)
+    (root / "mutants").mkdir(exist_ok=True)
+    stats = {"tests_by_mangled_function_name": calls, "duration_by_test": {}}
+    (root / "mutants" / "mutmut-stats.json").write_text(json.dumps(stats))
     env = dict(os.environ, PYTHONPATH=str(SITE))
     env.pop(QUICK, None)
-    assert mutation.check_against(["exptorch.a.*"], [str(suite / "test_k.py")], env, 2) == 0
+    return env
+
+
+def test_against_records_the_kills_of_the_tests_given_and_nothing_else(
+    mutation: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--against TESTS``: the unchecked and surviving mutants of the modules named, each run
+    against those of the tests that call its function, outside mutmut; a failure is a kill, a
+    pass decides nothing."""
+    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": None,
+               "exptorch.a.x_f__mutmut_2": None, "exptorch.a.x_f__mutmut_3": 0,
+               "exptorch.a.x_f__mutmut_4": 34, "exptorch.a.x_f__mutmut_5": 0,
+               "exptorch.a.x_h__mutmut_1": None})  # fmt: skip
+    write_meta(mutation.WORKSPACE, "exptorch.b", {"exptorch.b.x_g__mutmut_1": None})
+    dies = ["exptorch.a.x_f__mutmut_2", "exptorch.a.x_f__mutmut_3", "exptorch.a.x_f__mutmut_4",
+            "exptorch.a.x_h__mutmut_1", "exptorch.b.x_g__mutmut_1"]  # fmt: skip
+    every = ["tests/test_k.py::test_k"]
+    env = against_suite(
+        mutation,
+        monkeypatch,
+        f"import os\ndef test_k(): assert os.environ['MUTANT_UNDER_TEST'] not in {dies!r}\n",
+        {"exptorch.a.x_f": every, "exptorch.b.x_g": every},  # no test calls x_h
+    )
+    assert mutation.check_against(["exptorch.a.*"], ["tests/test_k.py"], env, 2) == 0
     assert mutation.verdicts() == {
         "exptorch.a.x_f__mutmut_1": None,  # passed: no verdict from these tests alone
         "exptorch.a.x_f__mutmut_2": 1,
         "exptorch.a.x_f__mutmut_3": 1,  # a survivor these tests kill
         "exptorch.a.x_f__mutmut_4": 1,  # undecided by a quick pass
         "exptorch.a.x_f__mutmut_5": 0,
+        "exptorch.a.x_h__mutmut_1": None,  # not run: none of the tests calls its function
         "exptorch.b.x_g__mutmut_1": None,  # not in the modules named
     }
     kept = json.loads(mutation.STORE.read_text())["functions"]["exptorch.a.x_f"]["verdicts"]
     assert kept == {"1": None, "2": 1, "3": 1, "4": 1, "5": 0}
-    (suite / "test_k.py").write_text("def test_k(): assert False\n")
+    (mutation.ROOT / "tests" / "test_k.py").write_text("def test_k(): assert False\n")
     with pytest.raises(SystemExit, match="fail without any mutant"):
-        mutation.check_against(["exptorch.a.*"], [str(suite / "test_k.py")], env, 2)
+        mutation.check_against(["exptorch.a.*"], ["tests/test_k.py"], env, 2)
+
+
+def test_against_drops_the_kills_of_a_test_that_fails_without_a_mutant_too(
+    mutation: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A test that passed the control run and then failed for every mutant (flaky, or broken by
+    what an earlier run left) killed none of them: every killing test runs again, all of it,
+    with no mutant, and its kills are kept only if it passes."""
+    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": None,
+               "exptorch.a.x_g__mutmut_1": None, "exptorch.a.x_g__mutmut_2": None})  # fmt: skip
+    runs = tmp_path / "runs"
+    env = against_suite(
+        mutation,
+        monkeypatch,
+        "import os, pathlib\n"
+        "def test_k(): assert os.environ['MUTANT_UNDER_TEST'] != 'exptorch.a.x_f__mutmut_1'\n"
+        "def test_flaky():\n"
+        f"    runs = pathlib.Path({str(runs)!r})\n"
+        "    count = int(runs.read_text()) if runs.exists() else 0\n"
+        "    runs.write_text(str(count + 1))\n"
+        "    assert count == 0  # passes its first run only: the control's\n",
+        {
+            "exptorch.a.x_f": ["tests/test_k.py::test_k"],
+            "exptorch.a.x_g": ["tests/test_k.py::test_flaky"],
+        },
+    )
+    assert mutation.check_against(["exptorch.a.*"], ["tests/test_k.py"], env, 1) == 0
+    assert mutation.verdicts() == {
+        "exptorch.a.x_f__mutmut_1": 1,
+        "exptorch.a.x_g__mutmut_1": None,
+        "exptorch.a.x_g__mutmut_2": None,
+    }
+    assert runs.read_text() == "4"  # the control, two mutants and the check of their kills
