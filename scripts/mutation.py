@@ -613,7 +613,7 @@ def check_against(globs: list[str], tests: list[str], env: dict[str, str], worke
     names = [
         n for n, c in verdicts().items() if in_modules(n, globs) and verdict(c) in open_verdicts
     ]
-    calls = tests_calling(tests)
+    calls = tests_calling(tests, env)
     runs = [(n, called) for n in names if (called := calls(function_of_mutant(n)))]
     kills_seen = kills_file().stat().st_size if kills_file().is_file() else 0
     codes = run_forked(runs, env, workers, limit)
@@ -645,36 +645,45 @@ def function_of_mutant(name: str) -> str:
     return name.rpartition("__mutmut_")[0]
 
 
-def tests_calling(tests: list[str]) -> Callable[[str], list[str]]:
-    """For a function's mangled name, the test ids among ``tests`` (files or test ids,
-    absolute; options kept as given) that mutmut's collection run found calling it: none, if
-    none does."""
+def tests_calling(tests: list[str], env: dict[str, str]) -> Callable[[str], list[str]]:
+    """For a function's mangled name, the tests of ``tests`` (files, test ids or options) that
+    mutmut's collection run found calling it, and those it has not seen (written since: what
+    they call is not known), as test ids; none, if none of them does."""
     stats = WORKSPACE / "mutants" / "mutmut-stats.json"
     if not stats.is_file():
         raise SystemExit("mutmut has not collected which tests call what: run `tox -e mutation`.")
-    by_function = json.loads(stats.read_text())["tests_by_mangled_function_name"]
-    options = [t for t in tests if t.startswith("-")]
-    wanted = [t for t in tests if not t.startswith("-")]
-
-    def chosen(test_id: str) -> bool:
-        path, _, rest = test_id.partition("::")
-        full = f"{ROOT / path}::{rest}"
-        return any(full == w or full.startswith(w + ("[" if "::" in w else "::")) or
-                   full.startswith(w.rstrip("/") + "/") for w in wanted)  # fmt: skip
+    saved = json.loads(stats.read_text())
+    by_function = saved["tests_by_mangled_function_name"]
+    given = set(collect(tests, env))
+    new = given - set(saved["duration_by_test"]).union(*by_function.values())
 
     def calling(function: str) -> list[str]:
-        ids = sorted(t for t in by_function.get(function, ()) if chosen(t))
-        return [*options, *(f"{ROOT / t}" for t in ids)] if ids else []
+        ids = sorted(given.intersection(by_function.get(function, ())) | new)
+        return [str(ROOT / test) for test in ids]
 
     return calling
 
 
+def collect(tests: list[str], env: dict[str, str]) -> list[str]:
+    """The ids of the tests ``tests`` select, as pytest names them (from the repository)."""
+    listing = WORKSPACE / "against-tests.txt"
+    env = {k: v for k, v in env.items() if k != QUICK}
+    runs = [(CONTROL, ["--collect-only", *tests])]  # -q: one id a line
+    if run_forked(runs, env, 1, output=listing).get(CONTROL) != 0:
+        raise SystemExit(f"pytest cannot collect {' '.join(tests)}: run it with pytest to see why.")
+    return [line for line in listing.read_text().splitlines() if "::" in line]
+
+
 def run_forked(
-    runs: list[tuple[str, list[str]]], env: dict[str, str], workers: int, limit: float = 600
+    runs: list[tuple[str, list[str]]],
+    env: dict[str, str],
+    workers: int,
+    limit: float = 600,
+    output: Path | None = None,
 ) -> dict[str, int]:
     """pytest's exit code for each (mutant, tests), ``workers`` at a time, until Ctrl-C (the
     codes of the runs that ended by then); a run over ``limit`` seconds is stopped, no
-    verdict."""
+    verdict. Their output goes to ``output``, or nowhere."""
     codes: dict[str, int] = {}
     going: dict[int, tuple[str, float]] = {}
     waiting = list(reversed(runs))
@@ -682,7 +691,7 @@ def run_forked(
         while waiting or going:
             while waiting and len(going) < workers:
                 mutant, tests = waiting.pop()
-                going[fork_pytest(mutant, tests, env)] = (mutant, time.monotonic())
+                going[fork_pytest(mutant, tests, env, output)] = (mutant, time.monotonic())
             pid, status = os.waitpid(-1, os.WNOHANG)
             if not pid:
                 time.sleep(0.02)
@@ -699,10 +708,12 @@ def run_forked(
     return codes
 
 
-def fork_pytest(mutant: str, tests: list[str], env: dict[str, str]) -> int:
+def fork_pytest(
+    mutant: str, tests: list[str], env: dict[str, str], output: Path | None = None
+) -> int:
     """Start ``pytest`` on ``tests`` against ``mutant``, as mutmut runs a mutant (stopping at
     the first failure, with the plugin; ``-x`` may be taken back with ``--maxfail=0``), in a
-    child of this process, output hidden; its pid."""
+    child of this process, output into ``output`` (or hidden); its pid."""
     pid = os.fork()
     if pid:
         return pid
@@ -712,14 +723,19 @@ def fork_pytest(mutant: str, tests: list[str], env: dict[str, str]) -> int:
         os.environ.clear()
         os.environ.update(env, MUTANT_UNDER_TEST=mutant)
         sys.path[:0] = ["", *env.get("PYTHONPATH", "").split(os.pathsep)]
-        quiet = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(quiet, 1)
-        os.dup2(quiet, 2)
+        out = os.open(output or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        # pytest writes to sys.stdout, which a parent (a test of this script) may have swapped
+        sys.stdout = sys.stderr = open(out, "w", closefd=False)  # noqa: SIM115
         import pytest
 
         code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "mutation_hits",
                                 "-p", "no:randomly", *tests]))  # fmt: skip
     finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
         os._exit(code)
 
 
@@ -730,6 +746,8 @@ def kills_file() -> Path:
 def killing_tests(seen: int, killed: set[str]) -> dict[str, set[str]]:
     """The mutants each test killed, from the lines ``kills.txt`` got after ``seen`` bytes."""
     by_test: dict[str, set[str]] = {}
+    if not killed:
+        return by_test
     with open(kills_file(), "rb") as f:
         f.seek(seen)
         for line in f.read().decode().splitlines():

@@ -625,6 +625,25 @@ def test_against_records_the_kills_of_the_tests_given_and_nothing_else(
         mutation.check_against(["exptorch.a.*"], ["tests/test_k.py"], env, 2)
 
 
+def test_against_runs_a_test_mutmut_has_not_seen_for_every_mutant(
+    mutation: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test written after mutmut's collection run may call any function; one mutmut saw
+    runs only for the functions it called."""
+    write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": None,
+               "exptorch.a.x_f__mutmut_2": None})  # fmt: skip
+    env = against_suite(
+        mutation,
+        monkeypatch,
+        "import os\n"
+        "def test_new(): assert os.environ['MUTANT_UNDER_TEST'] != 'exptorch.a.x_f__mutmut_1'\n"
+        "def test_old(): assert os.environ['MUTANT_UNDER_TEST'] != 'exptorch.a.x_f__mutmut_2'\n",
+        {"exptorch.a.x_g": ["tests/test_k.py::test_old"]},
+    )
+    assert mutation.check_against(["exptorch.a.*"], ["tests/test_k.py"], env, 2) == 0
+    assert mutation.verdicts() == {"exptorch.a.x_f__mutmut_1": 1, "exptorch.a.x_f__mutmut_2": None}
+
+
 def test_against_drops_the_kills_of_a_test_that_fails_without_a_mutant_too(
     mutation: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

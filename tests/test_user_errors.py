@@ -139,6 +139,42 @@ def test_config_file_that_cannot_be_read(tmp_path: Path) -> None:
         read_config_file(tmp_path / "bad.toml")
 
 
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("off", (None, None)), (" OFF ", (None, None)), ("0", (None, None)),
+        ("None", (None, None)), ("", (None, None)), ("500", (None, 500)), ("1", (None, 1)),
+        ("30s", (30.0, None)), (" 10M ", (600.0, None)), ("1.5m", (90.0, None)),
+        ("2h", (7200.0, None)),
+    ],
+)  # fmt: skip
+def test_checkpoint_every_reads_a_duration_a_number_of_steps_or_off(
+    text: str, parsed: tuple[float | None, int | None]
+) -> None:
+    from exptorch.config import parse_every
+
+    assert parse_every(text) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("soon", "--checkpoint-every must be a duration (30s, 10m, 2h), a number of steps (500) "
+                 "or off, not 'soon'."),
+        ("0s", "--checkpoint-every must be a duration (30s, 10m, 2h), a number of steps (500) "
+               "or off, not '0s'."),
+        ("2.5", "--checkpoint-every 2.5 steps must be a whole number."),
+    ],
+)  # fmt: skip
+def test_checkpoint_every_refuses_anything_else_in_one_sentence(text: str, message: str) -> None:
+    from exptorch import ExptError
+    from exptorch.config import parse_every
+
+    with pytest.raises(ExptError) as caught:
+        parse_every(text)
+    assert str(caught.value) == message
+
+
 def test_an_exception_without_a_message_is_named_by_its_type() -> None:
     """What a report says about an error: its type, and its message's first line if any."""
     from exptorch.errors import describe, first_line
