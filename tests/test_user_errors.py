@@ -175,6 +175,63 @@ def test_checkpoint_every_refuses_anything_else_in_one_sentence(text: str, messa
     assert str(caught.value) == message
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"limit_train_batches": 0}, "--limit-train-batches must be at least 1, not 0."),
+        ({"lr": 0.0}, "--lr must be positive, not 0.0."),
+        ({"batch_size": 10, "nproc_per_node": 4},
+         "--batch-size 10 is the global batch and must divide evenly among 4 processes."),
+        ({"name": "."}, "Run name '.' must be a plain folder name (letters, digits, '.', '_' "
+                        "and '-', not starting with '.' or '-')."),
+        ({"name": ".."}, "Run name '..' must be a plain folder name (letters, digits, '.', '_' "
+                         "and '-', not starting with '.' or '-')."),
+        ({"name": "a" * 201}, "Run name is 201 characters long; use at most 200 (--name)."),
+    ],
+)  # fmt: skip
+def test_settings_out_of_range_are_refused_in_one_sentence(
+    settings: dict[str, object], message: str
+) -> None:
+    from exptorch import ExptError
+    from exptorch.config import RunConfig, validate
+
+    with pytest.raises(ExptError) as caught:
+        validate(RunConfig(**settings))
+    assert str(caught.value) == message
+
+
+def test_settings_at_their_bounds_are_accepted() -> None:
+    from exptorch.config import SEED_RANGE, RunConfig, validate
+
+    validate(RunConfig(limit_train_batches=1, lr=1e-9, batch_size=12, nproc_per_node=4,
+                       seed=SEED_RANGE[1], name="a" * 200))  # fmt: skip
+
+
+def test_plugin_options_are_checked_against_their_declared_bounds() -> None:
+    """A plugin's number outside its bounds, or not finite, is refused; its bounds themselves,
+    a value it did not set (its default is checked) and a value of another type are not."""
+    from exptorch import ExptError, Option
+    from exptorch.config import RunConfig, check_plugin_options
+
+    declared = [
+        Option("demo_mode", default="fast"),
+        Option("demo_rate", default=0.5, minimum=0.0, maximum=1.0),
+        Option("demo_steps", default=0, minimum=1),
+    ]
+
+    def refusal(**options: object) -> str:
+        with pytest.raises(ExptError) as caught:
+            check_plugin_options(RunConfig(options=options), declared)
+        return str(caught.value)
+
+    check_plugin_options(RunConfig(options={"demo_rate": 1.0, "demo_steps": 1}), declared)
+    check_plugin_options(RunConfig(options={"demo_rate": 0.0, "demo_steps": True}), declared)
+    assert refusal(demo_rate=0.5) == "--demo-steps must be at least 1, not 0."
+    assert refusal(demo_rate=-0.1, demo_steps=1) == "--demo-rate must be at least 0.0, not -0.1."
+    assert refusal(demo_rate=1.5, demo_steps=1) == "--demo-rate must be at most 1.0, not 1.5."
+    assert refusal(demo_rate=float("nan")) == "--demo-rate must be a finite number, not nan."
+
+
 def test_an_exception_without_a_message_is_named_by_its_type() -> None:
     """What a report says about an error: its type, and its message's first line if any."""
     from exptorch.errors import describe, first_line
