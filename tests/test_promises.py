@@ -646,6 +646,47 @@ def test_a_config_file_takes_the_option_names_as_keys_with_their_types(tmp_path:
     assert (config.keep, config.checkpoint_every) == ("best", "off")
 
 
+def test_settings_are_layered_defaults_or_saved_run_then_recipe_file_and_flags(
+    tmp_path: Path,
+) -> None:
+    """README "Running": a saved run's settings (``--resume``) replace the defaults, plugin
+    options included; a recipe counts only when given (a flag's default is no choice), under
+    the config file and the flags; a plugin's option is read from both, with its choices."""
+    from exptorch import ExptError, Option
+    from exptorch.config import RunConfig, config_fields, read_recipe, resolve_config
+
+    declared = [
+        Option("demo_mode", default="a", choices=("a", "b")),
+        Option("demo_size", default=1),
+    ]
+    saved = dict(RunConfig(lr=0.5).to_dict(), options={"demo_size": 3}, gone_in_this_version=1)
+    resumed = resolve_config({}, base=saved, plugin_options=declared)
+    assert (resumed.lr, resumed.options) == (0.5, {"demo_mode": "a", "demo_size": 3})
+
+    fast = read_recipe("fast")
+    assert resolve_config({"recipe": "fast"}, explicit=["recipe"]).schedule == fast["schedule"]
+    assert resolve_config({"recipe": "fast"}).schedule == RunConfig().schedule  # not given
+    (tmp_path / "exp.toml").write_text('recipe = "fast"\ndemo-mode = "b"\n')
+    from_file = resolve_config(
+        {"demo_size": 5, "demo_mode": "a"}, explicit=["demo_size"],
+        config_file=tmp_path / "exp.toml", plugin_options=declared,
+    )  # fmt: skip
+    assert from_file.schedule == fast["schedule"]
+    assert from_file.options == {"demo_mode": "b", "demo_size": 5}
+
+    (tmp_path / "exp.toml").write_text('demo-mode = "c"\n')
+    with pytest.raises(ExptError) as caught:
+        resolve_config({}, config_file=tmp_path / "exp.toml", plugin_options=declared)
+    assert str(caught.value) == "Config key 'demo_mode' must be one of a, b, not 'c'."
+    (tmp_path / "exp.toml").write_text("bogus = 1\n")
+    with pytest.raises(ExptError) as caught:
+        resolve_config({}, config_file=tmp_path / "exp.toml", plugin_options=declared)
+    known = ", ".join(sorted([*(f.name for f in config_fields()), "demo_mode", "demo_size"]))
+    assert str(caught.value) == (
+        f"Unknown key 'bogus' in config file {tmp_path / 'exp.toml'}; known keys: {known}."
+    )
+
+
 def test_a_saved_configuration_loads_without_the_keys_this_version_does_not_know() -> None:
     from exptorch.config import RunConfig
 
