@@ -173,6 +173,40 @@ def test_channels_last_auto_on_cpu_only_for_models_that_declare_it_pays(
     assert build.channels_last_on_cpu is True  # measured (README, "Performance")
 
 
+@pytest.mark.parametrize(
+    ("device", "bf16", "declared", "chosen"),
+    [
+        ("cuda", True, False, ("bf16", "on")),
+        ("cuda", False, False, ("fp16", "on")),
+        ("cpu", True, False, ("fp32", "off")),
+        ("cpu", True, True, ("fp32", "on")),
+        ("mps", True, True, ("fp32", "off")),
+    ],
+)
+def test_auto_precision_and_memory_format_are_each_devices_choice(
+    monkeypatch: pytest.MonkeyPatch, device: str, bf16: bool, declared: bool, chosen: tuple
+) -> None:
+    """``auto``: bf16 on a GPU that has it, else fp16 there; fp32 elsewhere. Channels-last on a
+    GPU, and on a CPU only for a model that declares it pays. Chosen values are kept."""
+    from exptorch.assemble import resolve_speed
+    from exptorch.plugins import Registration
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+
+    def factory() -> None: ...
+
+    if declared:
+        factory.channels_last_on_cpu = True  # type: ignore[attr-defined]
+    model = Registration("model", "demo", factory, "demo")
+    auto = resolve_speed(RunConfig(), torch.device(device), model)
+    assert (auto.precision, auto.channels_last) == chosen
+    assert resolve_speed(RunConfig(), torch.device(device)).channels_last == (
+        "on" if device == "cuda" else "off"  # no model: nothing declared
+    )
+    kept = resolve_speed(RunConfig(precision="fp16", channels_last="off"), torch.device(device))
+    assert (kept.precision, kept.channels_last) == ("fp16", "off")
+
+
 def test_bf16_on_a_cpu_without_native_bf16_warns_once(plugins, tmp_path, monkeypatch, caplog):
     from exptorch import assemble
 
