@@ -54,6 +54,95 @@ def test_optimizer_options_reach_the_torch_optimizer() -> None:
     assert sgd.param_groups[0]["lr"] == 0.1 and sgd.param_groups[0]["weight_decay"] == 0.01
 
 
+def test_momentum_reaches_only_an_optimizer_that_takes_it() -> None:
+    from exptorch.plugins import Registration
+
+    model = QuickNet(1, 28, 28, 10)
+    adam = make_plugins().get("optimizer", "adam")
+    assert "momentum" not in build_optimizer(adam, RunConfig(), model).param_groups[0]
+    with pytest.raises(ExptError) as caught:
+        build_optimizer(adam, RunConfig(momentum=0.9), model)
+    assert str(caught.value) == "--momentum does not apply to optimizer 'adam'; drop it."
+
+    def takes_any(model: torch.nn.Module, **kwargs: Any) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), **kwargs)
+
+    anything = Registration("optimizer", "any", takes_any, "demo")
+    group = build_optimizer(anything, RunConfig(lr=0.2, momentum=0.5), model).param_groups[0]
+    assert (group["lr"], group["momentum"], group["initial_lr"]) == (0.2, 0.5, 0.2)
+
+
+def test_an_option_of_a_plugin_the_run_does_not_use_is_refused() -> None:
+    """An option set away from its default belongs to a registration this run uses; one that
+    two registrations share is fine with either."""
+    from exptorch.assemble import check_options_used
+
+    shared = Option("demo_width", default=1)
+
+    class Demo:
+        @hookimpl
+        def register_models(self, register: Any) -> None:
+            register("wide", QuickNet, options=[shared])
+            register("wider", QuickNet, options=[shared])
+
+    plugins = make_plugins(("demo", Demo()))
+    sgd, adam = plugins.get("optimizer", "sgd"), plugins.get("optimizer", "adam")
+    wider = plugins.get("model", "wider")
+    check_options_used(RunConfig(options={"sgd_nesterov": True}), plugins, [sgd])
+    check_options_used(RunConfig(options={"sgd_nesterov": False}), plugins, [adam])  # default
+    check_options_used(RunConfig(options={"demo_width": 2}), plugins, [wider])
+    with pytest.raises(ExptError) as caught:
+        check_options_used(RunConfig(options={"sgd_nesterov": True}), plugins, [adam])
+    assert str(caught.value) == (
+        "--sgd-nesterov belongs to optimizer 'sgd', which this run does not use; choose it "
+        "(--optimizer sgd) or drop --sgd-nesterov."
+    )
+    with pytest.raises(ExptError) as caught:
+        check_options_used(RunConfig(options={"demo_width": 2}), plugins, [sgd])
+    assert str(caught.value) == (
+        "--demo-width belongs to model 'wide' (or 1 more), which this run does not use; choose "
+        "it (--model wide) or drop --demo-width."
+    )
+
+
+class Lower(Metric):
+    higher_is_better = False
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode", "chosen"),
+    [
+        ("loss", "auto", ("test_loss", "min")),
+        ("test_loss", "auto", ("test_loss", "min")),
+        ("loss", "max", ("test_loss", "max")),
+        ("accuracy", "auto", ("test_accuracy", "max")),
+        ("test_accuracy", "auto", ("test_accuracy", "max")),
+        ("top-error", "auto", ("test_top_error", "min")),
+        ("top-error", "max", ("test_top_error", "max")),
+    ],
+)
+def test_monitor_names_a_recorded_metric_and_its_better_direction(
+    monitor: str, mode: str, chosen: tuple[str, str]
+) -> None:
+    from exptorch.assemble import resolve_monitor
+
+    recorded = {"test_accuracy": Metric(), "test_top_error": Lower()}
+    assert resolve_monitor(RunConfig(monitor=monitor, monitor_mode=mode), recorded) == chosen
+
+
+def test_monitor_of_a_metric_the_run_does_not_record_is_one_sentence() -> None:
+    from exptorch.assemble import resolve_monitor
+
+    with pytest.raises(ExptError) as caught:
+        resolve_monitor(
+            RunConfig(monitor="f1"), {"test_accuracy": Metric(), "test_top_error": Lower()}
+        )
+    assert str(caught.value) == (
+        "--monitor 'f1' is not a metric this run records; available: loss, accuracy, top_error "
+        "(add others with --metric)."
+    )
+
+
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_each_optimizer_decays_every_weight_unless_told_to_spare_biases_and_norms(
     name: str,
