@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import exptorch
 from conftest import EXPT
 from exptorch import ExptError, Logger, hookimpl
 from exptorch.checkpoint import checkpoint_files, latest_checkpoint, load_checkpoint
@@ -90,6 +93,29 @@ def test_two_epochs_equal_one_plus_a_resumed_one(plugins, tmp_path: Path, fmt: s
     saved = json.loads((resumed / "config.json").read_text())
     assert saved["config"]["epochs"] == 2 and saved["resumed"][0]["from"].startswith("epoch-001")
     assert json.loads((resumed / "state.json").read_text())["state"] == "finished"
+
+
+def test_config_json_records_what_the_run_used_and_each_resume(plugins, tmp_path: Path) -> None:
+    """config.json: the settings, the command, the distribution and version of each plugin the
+    run used; each resume adds when, from which checkpoint, on what device, by which command,
+    and how many metric lines past the checkpoint it dropped."""
+    first = run_experiment(config(tmp_path, "run", epochs=1), plugins, echo=lambda _: None)
+    saved = json.loads((first / "config.json").read_text())
+    assert saved["command"] == sys.argv and saved["config"]["name"] == "run"
+    # the plugins of its device, dataset, loss, metric, optimizer, model, schedule and format
+    used = ["devices", "fashion_mnist", "losses", "metrics", "optimizers", "quicknet"]
+    assert sorted(saved["plugins"]) == [*used, "schedules", "state_dict"]
+    source = {"distribution": "exptorch", "version": exptorch.__version__}
+    assert saved["plugins"] and all(s == source for s in saved["plugins"].values())
+    with open(first / "metrics.jsonl", "a") as fh:  # a line past the checkpoint
+        fh.write(json.dumps({"step": 99, "epoch": 2, "train_loss": 9.9}) + "\n")
+    resume(plugins, first, epochs=2)
+    again = json.loads((first / "config.json").read_text())
+    assert again["config"]["epochs"] == 2 and again["plugins"] == saved["plugins"]
+    (entry,) = again["resumed"]
+    assert entry.pop("from").startswith("epoch-001")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", entry.pop("time"))
+    assert entry == {"device": "cpu", "command": sys.argv, "dropped_metrics": 1}
 
 
 class StopAtStep(Logger):
