@@ -195,6 +195,68 @@ def test_sweep_file_mistakes_are_one_sentence(
     assert "\n" not in text and str(tmp_path / "expt-sweep-") not in text
 
 
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"uniform": [0, 1], "choice": [1]},
+         " needs exactly one of choice, uniform, log-uniform, int, such as "
+         "lr = { choice = [1, 2] }."),
+        ({"choice": [1, 2], "step": 1}, " has an unknown or misplaced key 'step'."),
+        ({"uniform": [0, 1], "steps": 1}, " has an unknown or misplaced key 'steps'."),
+        ({"choice": [1, None]},
+         ": choice values must be strings, numbers or booleans, not None."),
+        ({"choice": [1, [2]]}, ": choice values must be strings, numbers or booleans, not [2]."),
+        ({"choice": [1, 1]}, ": choice lists a value twice."),
+        ({"uniform": [0, 1, 2]}, ": uniform needs [low, high], two numbers."),
+        ({"uniform": "0, 1"}, ": uniform needs [low, high], two numbers."),
+        ({"uniform": [0, "1"]}, ": uniform needs [low, high], two numbers."),
+        ({"uniform": [1, 1]},
+         ": the range [1, 1] is empty or reversed; give [low, high] with low < high."),
+        ({"uniform": [0, 1], "step": 0}, ": step must be a positive number, not 0."),
+        ({"int": [0, 4], "step": 0.5}, ": step must be a positive number, not 0.5."),
+        ({"uniform": [0, 1], "step": 1.5}, ": step 1.5 is wider than the range."),
+        ({"uniform": [1, 2], "step": 1.5}, ": step 1.5 is wider than the range."),
+    ],
+)  # fmt: skip
+def test_a_sweep_parameters_space_mistake_is_one_whole_sentence(space: dict, message: str) -> None:
+    from exptorch.sweep_file import _read_space
+
+    with pytest.raises(ExptError) as caught:
+        _read_space("lr", "lr", space)
+    assert str(caught.value) == "Sweep parameter lr" + message
+
+
+def test_a_step_as_wide_as_the_range_is_accepted() -> None:
+    from exptorch.sweep_file import _read_space
+
+    assert _read_space("lr", "lr", {"uniform": [0, 1], "step": 1}).step == 1
+    assert _read_space("lr", "lr", {"uniform": [-2, -1], "step": 0.5}).step == 0.5
+    assert _read_space("e", "epochs", {"int": [1, 3], "step": 2}).high == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "toml"),
+    [
+        (True, "true"), (False, "false"), (3, "3"), (0.5, "0.5"), (float("nan"), "nan"),
+        (float("inf"), "inf"), (float("-inf"), "-inf"), ("café", '"café"'),
+        (["a", 1, [False]], '["a", 1, [false]]'),
+        ({"k": [True], "j": 2}, '{"k" = [true], "j" = 2}'),
+    ],
+)  # fmt: skip
+def test_settings_are_written_back_as_toml_values(value: object, toml: str) -> None:
+    from exptorch.sweep_file import _toml_value
+
+    assert _toml_value(value) == toml
+
+
+def test_a_setting_toml_cannot_hold_is_refused_in_one_sentence() -> None:
+    from exptorch.sweep_file import _toml_value
+
+    with pytest.raises(ExptError) as caught:
+        _toml_value(None)
+    assert str(caught.value) == "Setting value None cannot be used in a sweep; use a plain value."
+
+
 def test_sweep_file_spaces_and_defaults(tmp_path: Path, plugins) -> None:
     path = write_sweep(
         tmp_path,
