@@ -276,6 +276,46 @@ def test_sweep_file_spaces_and_defaults(tmp_path: Path, plugins) -> None:
     assert spec.base["recipe"] == "fast"
 
 
+def test_sweep_table_defaults_and_the_lowest_values_it_takes(tmp_path: Path, plugins) -> None:
+    spec = read_sweep(write_sweep(tmp_path, "trials = 2"), plugins)
+    assert (spec.sampler, spec.pruner, spec.seed) == ("tpe", "none", None)
+    assert (spec.pruner_startup_trials, spec.pruner_warmup_epochs) == (5, 0)
+    table = 'trials = 2\nseed = 0\npruner = "median"\npruner-startup-trials = 0\n'
+    spec = read_sweep(write_sweep(tmp_path, table + "pruner-warmup-epochs = 2"), plugins)
+    assert (spec.pruner, spec.seed, spec.pruner_startup_trials) == ("median", 0, 0)
+    assert spec.pruner_warmup_epochs == 2
+
+
+def test_sweep_table_mistakes_are_whole_sentences(tmp_path: Path, plugins) -> None:
+    from exptorch.sweep_file import metric_names
+
+    def refusal(path: Path) -> str:
+        with pytest.raises(ExptError) as caught:
+            read_sweep(path, plugins)
+        return str(caught.value)
+
+    (tmp_path / "plain.toml").write_text(TINY)
+    assert refusal(tmp_path / "plain.toml") == (
+        f"Sweep file {tmp_path / 'plain.toml'} has no [sweep] table; add one with metric, trials "
+        "and [sweep.parameters] (see the README's sweep section)."
+    )
+    path = write_sweep(tmp_path, "trials = 2\nbogus = 1")
+    assert refusal(path) == (
+        f"Unknown key 'bogus' in the [sweep] table of {path}; known keys: metric, direction, "
+        "trials, timeout, sampler, pruner, seed, pruner-startup-trials, pruner-warmup-epochs, "
+        "parameters."
+    )
+    path = write_sweep(tmp_path, 'trials = 2\nmetric = "f1"')
+    assert refusal(path) == (
+        f"Metric 'f1' of {path} is not one a run writes; use one of: "
+        f"{', '.join(metric_names(plugins))}."
+    )
+    path = write_sweep(tmp_path, 'trials = 2\nmetric = "test_macro_f1"')
+    assert refusal(path) == (
+        "Say whether test_macro_f1 should be maximized or minimized: add direction."
+    )
+
+
 def test_a_grid_over_an_int_range_without_a_step_takes_every_integer(
     tmp_path: Path, plugins
 ) -> None:
