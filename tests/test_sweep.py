@@ -377,6 +377,63 @@ def test_hide_password() -> None:
     assert hide_password("postgresql://me:s3cret@db:5432/x") == "postgresql://me:***@db:5432/x"
 
 
+USAGE = "use postgresql://USER:PASSWORD@HOST:PORT/DATABASE or sqlite:///PATH/TO/FILE.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", f"Storage 'not a url' is not a database URL; {USAGE}."),
+        ("mysql://u:pw@h/db", "Storage 'mysql://u:***@h/db' is a mysql URL; `expt sweep` keeps "
+         "the trial budget exact with locks it knows for PostgreSQL and SQLite only, so "
+         f"{USAGE}."),
+        ("sqlite://", f"Storage 'sqlite://' is an in-memory database; {USAGE}."),
+        ("sqlite:///:memory:", f"Storage 'sqlite:///:memory:' is an in-memory database; {USAGE}."),
+    ],
+)  # fmt: skip
+def test_a_storage_url_expt_sweep_cannot_use_is_one_whole_sentence(url: str, message: str) -> None:
+    from exptorch.sweep import storage_backend
+
+    with pytest.raises(ExptError) as caught:
+        storage_backend(url)
+    assert str(caught.value) == message
+
+
+def test_storage_backends_and_the_installed_postgresql_driver() -> None:
+    import importlib.util
+
+    from exptorch.sweep import storage_backend
+
+    assert storage_backend("sqlite:///sweeps/s.db") == "sqlite"
+    assert storage_backend("postgresql+psycopg://u:pw@h:5/db") == "postgresql"
+    plain = "postgresql://u:pw@h:5/db"
+    installed = [m for m in ("psycopg", "psycopg2") if importlib.util.find_spec(m) is not None]
+    driver = installed[0] if installed else None  # psycopg (3) first
+    assert with_driver(plain) == (f"postgresql+{driver}://u:pw@h:5/db" if driver else plain)
+    assert with_driver("postgresql+psycopg2://u:pw@h/db") == "postgresql+psycopg2://u:pw@h/db"
+    assert with_driver("sqlite:///s.db") == "sqlite:///s.db"
+
+
+@pytest.mark.parametrize("pruner", ["none", "median", "hyperband"])
+def test_the_pruner_takes_the_sweep_files_settings(tmp_path: Path, plugins, pruner: str) -> None:
+    import optuna
+
+    from exptorch.sweep import make_pruner
+
+    table = f'trials = 2\npruner = "{pruner}"\npruner-startup-trials = 3\npruner-warmup-epochs = 2'
+    made = make_pruner(read_sweep(write_sweep(tmp_path, table), plugins), epochs=7)
+    if pruner == "none":
+        assert type(made) is optuna.pruners.NopPruner
+    elif pruner == "median":
+        assert type(made) is optuna.pruners.MedianPruner
+        assert (made._n_startup_trials, made._n_warmup_steps) == (3, 2)
+    else:
+        assert type(made) is optuna.pruners.HyperbandPruner
+        assert (made._min_resource, made._max_resource) == (1, 7)
+        small = make_pruner(read_sweep(write_sweep(tmp_path, table), plugins), epochs=1)
+        assert small._max_resource == 2  # Hyperband needs two rungs at least
+
+
 # -- trials are run folders; budget, clash, extension ----------------------------------------
 
 
