@@ -126,12 +126,15 @@ def write_config(tests: list[str]) -> None:
 
 
 def module_glob(arg: str) -> str:
-    """``plugins/exptorch_plugins/schedules.py`` or ``exptorch_plugins.schedules``: a glob."""
+    """``plugins/exptorch_plugins/schedules.py`` or ``exptorch_plugins.schedules``: a glob; a
+    function as mutmut names it (``exptorch.assemble.x_open_run_dir``): its mutants."""
     path = arg.removesuffix(".py").replace(os.sep, ".")
     for prefix in ("framework.", "plugins."):
         path = path.removeprefix(prefix)
     if not path.startswith(("exptorch.", "exptorch_plugins.")):
         raise SystemExit(f"{arg!r} is not a module of exptorch or exptorch_plugins")
+    if path.rpartition(".")[2].startswith(("x_", "x\u01c1")):  # a function, a method
+        return f"{path}__mutmut_*"
     return f"{path}.*"
 
 
@@ -465,7 +468,11 @@ def run_sample(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("modules", nargs="*", help="module names or files (default: all)")
+    parser.add_argument(
+        "modules",
+        nargs="*",
+        help="module names or files, or functions as mutmut names them (default: all)",
+    )
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutants (2)")
     parser.add_argument(
         "--tests",

@@ -79,6 +79,22 @@ def test_a_mutant_mypy_rejects_counts_as_killed_and_is_shown_apart(
     assert "estimated score: 50.0% of 2 checked" in capsys.readouterr().out
 
 
+def test_a_module_or_function_names_its_mutants(mutation: ModuleType) -> None:
+    method = "exptorch.a.x\u01c1C\u01c1m"  # mutmut's name of C.m
+    names = ["exptorch.a.x_f__mutmut_1", "exptorch.a.x_fg__mutmut_2", f"{method}__mutmut_3",
+             "exptorch.ab.x_f__mutmut_1"]  # fmt: skip
+    args = ["exptorch.a", "framework/exptorch/a.py", "exptorch.a.x_f", method]
+    chosen = {
+        a: [n for n in names if mutation.in_modules(n, [mutation.module_glob(a)])] for a in args
+    }
+    assert chosen == {
+        "exptorch.a": names[:3],
+        "framework/exptorch/a.py": names[:3],
+        "exptorch.a.x_f": names[:1],
+        method: names[2:3],
+    }
+
+
 def test_the_sample_is_drawn_from_every_module_and_saved(mutation: ModuleType) -> None:
     a = {f"exptorch.a.x_f__mutmut_{i}": None for i in range(1, 301)}
     b = {f"exptorch_plugins.b.x_g__mutmut_{i}": None for i in range(1, 101)}
