@@ -58,3 +58,49 @@ def test_run_help_lists_every_option(expt) -> None:
                  "--vgg16-freeze-backbone", "--folder-train", "--folder-image-size"):  # fmt: skip
         assert flag in out
     assert "[default: 64]" in out
+
+
+def test_each_setting_becomes_an_option_of_its_type_with_its_default() -> None:
+    import click
+
+    from exptorch.cli import _click_option
+    from exptorch.config import RunConfig, config_fields
+
+    options = {f.name: _click_option(f) for f in config_fields()}
+    defaults = RunConfig()
+    for name, option in options.items():
+        if not option.multiple:
+            assert option.default == getattr(defaults, name), name
+    assert (options["epochs"].type, options["lr"].type) == (click.INT, click.FLOAT)
+    assert options["epochs"].show_default and not options["seed"].show_default  # no default
+    for unset in ("seed", "limit_train_batches", "limit_eval_batches"):
+        assert options[unset].type is click.INT, unset
+    assert options["data_dir"].type is click.STRING
+    assert (options["logger"].multiple, options["logger"].default) == (True, ())
+    assert not options["logger"].show_default
+    assert isinstance(options["keep"].type, click.Choice)
+    assert list(options["keep"].type.choices) == ["all", "last", "best"]
+    assert (options["download"].opts, options["download"].secondary_opts) == (
+        ["--download"], ["--no-download"]
+    )  # fmt: skip
+    assert options["batch_size"].opts == ["--batch-size"] and options["batch_size"].help
+
+
+@pytest.mark.parametrize(("verbose", "level"), [(0, "WARNING"), (1, "INFO"), (2, "DEBUG")])
+def test_verbose_sets_the_level_of_exptorchs_own_handler_once(verbose: int, level: str) -> None:
+    import logging
+
+    from exptorch.cli import _setup_logging
+
+    logger = logging.getLogger("exptorch")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        logger.handlers = [h for h in logger.handlers if not getattr(h, "_expt", False)]
+        _setup_logging(verbose)
+        _setup_logging(verbose)
+        (ours,) = [h for h in logger.handlers if getattr(h, "_expt", False)]
+        assert isinstance(ours, logging.StreamHandler) and ours.stream is sys.stderr
+        assert logging.getLevelName(logger.level) == level and logger.propagate is False
+    finally:
+        logger.handlers, logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])
