@@ -1,7 +1,9 @@
 """``expt --help`` and friends must not import the heavy libraries."""
 
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -104,3 +106,60 @@ def test_verbose_sets_the_level_of_exptorchs_own_handler_once(verbose: int, leve
     finally:
         logger.handlers, logger.propagate = saved[0], saved[2]
         logger.setLevel(saved[1])
+
+
+def test_a_commands_errors_become_one_line_and_an_exit_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What ExptGroup makes of what a command raises: a user mistake is its sentence (exit 1),
+    Ctrl-C "Interrupted." (128 + the signal), anything else one line naming the bug's place,
+    or the traceback with EXPT_DEBUG=1; click's own exits pass through."""
+    import click
+    from click.testing import CliRunner
+
+    from exptorch import ExptError
+    from exptorch.cli import ExptGroup
+
+    @click.group(cls=ExptGroup)
+    def group() -> None: ...
+
+    group._plugins = object()  # type: ignore[assignment]  # no plugin loading here
+
+    class Stopped(KeyboardInterrupt):
+        signum = 15
+
+    raised = {
+        "mistake": ExptError("Say it once."), "ctrl-c": KeyboardInterrupt(), "sigterm": Stopped(),
+        "bug": ValueError("boom"), "usage": click.UsageError("no"),
+    }  # fmt: skip
+
+    def raising(exc: BaseException) -> Callable[[], None]:
+        def command() -> None:
+            raise exc
+
+        return command
+
+    for name, exc in raised.items():
+        group.command(name)(raising(exc))
+    runner = CliRunner()
+    monkeypatch.delenv("EXPT_DEBUG", raising=False)
+
+    def run(name: str) -> tuple[int, str]:
+        result = runner.invoke(group, [name])
+        return result.exit_code, result.output.strip()
+
+    assert run("mistake") == (1, "Error: Say it once.")
+    assert run("ctrl-c") == (130, "Interrupted.")
+    assert run("sigterm") == (143, "Interrupted.")
+    assert run("usage")[0] == 2
+    code, out = run("bug")
+    assert code == 1
+    assert re.fullmatch(
+        r"Error: Unexpected ValueError: boom \(at test_cli_startup\.py:\d+\); this is a bug\. "
+        r"Set EXPT_DEBUG=1 to see the traceback\.",
+        out,
+    )
+    monkeypatch.setenv("EXPT_DEBUG", "1")
+    assert isinstance(runner.invoke(group, ["bug"]).exception, ValueError)
+    monkeypatch.setenv("EXPT_DEBUG", "0")
+    assert run("bug") == (code, out)
