@@ -172,6 +172,34 @@ def test_adam_and_adamw_take_their_betas_and_learning_rate(name: str, kind: type
     assert isinstance(optimizer, kind) and (group["betas"], group["lr"]) == ((0.8, 0.95), 0.002)
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_betas_default_to_torchs_and_stay_below_one(name: str) -> None:
+    """--NAME-beta1/2: torch's defaults when not given, a float each, explained in --help, and
+    refused outside [0, 0.999999] before the run starts (1.0 would never forget)."""
+    from exptorch.assemble import build_optimizer
+    from exptorch.config import check_plugin_options
+
+    reg = make_plugins().get("optimizer", name)
+    declared = {o.name: o for o in reg.options}
+    beta1, beta2 = declared[f"{name}_beta1"], declared[f"{name}_beta2"]
+    assert (beta1.type, beta2.type) == (float, float)
+    assert (beta1.help, beta2.help) == (
+        "Decay of the gradient average.", "Decay of the squared-gradient average."
+    )  # fmt: skip
+    group = build_optimizer(reg, RunConfig(), QuickNet(1, 28, 28, 10)).param_groups[0]
+    assert group["betas"] == (0.9, 0.999)
+    for value in (0.0, 0.999999):
+        check_plugin_options(
+            RunConfig(options={beta1.name: value, beta2.name: value}), [beta1, beta2]
+        )
+    for option in (beta1, beta2):
+        flag = f"--{option.name.replace('_', '-')}"
+        for value, bound in ((-0.1, "at least 0"), (1.0, "at most 0.999999")):
+            with pytest.raises(ExptError) as caught:
+                check_plugin_options(RunConfig(options={option.name: value}), [option])
+            assert str(caught.value) == f"{flag} must be {bound}, not {value}."
+
+
 def test_momentum_is_refused_for_an_optimizer_without_it(tmp_path: Path) -> None:
     with pytest.raises(ExptError, match="--momentum does not apply to optimizer 'adam'"):
         run_expt(make_plugins(), tmp_path / "runs", optimizer="adam", momentum=0.9)
