@@ -93,6 +93,8 @@ UNDECIDED = 34
 NO_VERDICT = {INTERRUPTED, UNDECIDED}
 # the variable that tells scripts/mutation_site/mutation_hits.py the quick pass's budget
 QUICK = "EXPTORCH_MUTATION_QUICK"
+# and the one that names the only tests it lets run (mutation_hits.ONLY)
+ONLY = "EXPTORCH_MUTATION_ONLY"
 # caught by the type check before any test ran (pyproject.toml's type_check_command): killed too,
 # as CI's mypy rejects it, but counted apart so the tests' share shows
 TYPE_ERROR = 37
@@ -608,7 +610,7 @@ def check_against(globs: list[str], tests: list[str], env: dict[str, str], worke
     preload()
     # the control: the same tests, in the same order and (--quick) cut, with no mutant active
     started = time.monotonic()
-    control = run_forked([(CONTROL, tests)], env, workers)[CONTROL]
+    control = run_forked([(CONTROL, tests, None)], env, workers)[CONTROL]
     # a mutant's run ten times as long as the control's is one that hangs: no verdict
     limit = max(60.0, 10 * (time.monotonic() - started))
     if control not in (0, UNDECIDED):
@@ -621,7 +623,7 @@ def check_against(globs: list[str], tests: list[str], env: dict[str, str], worke
         n for n, c in verdicts().items() if in_modules(n, globs) and verdict(c) in open_verdicts
     ]
     calls = tests_calling(tests, env)
-    runs = [(n, called) for n in names if (called := calls(function_of_mutant(n)))]
+    runs = [(n, files_of(ids), ids) for n in names if (ids := calls(function_of_mutant(n)))]
     kills_seen = kills_file().stat().st_size if kills_file().is_file() else 0
     codes = run_forked(runs, env, workers, limit)
     stopped = len(codes) < len(runs)
@@ -629,9 +631,12 @@ def check_against(globs: list[str], tests: list[str], env: dict[str, str], worke
     killed -= false_kills(killing_tests(kills_seen, killed), env)
     record_kills(killed)
     save_verdicts()
+    errors = Counter(code for code in codes.values() if code not in (0, 1, UNDECIDED))
     print(
         f"{'Stopped: ' if stopped else ''}{len(killed)} of {len(names)} unchecked or surviving "
-        f"mutants killed by {' '.join(tests)} ({len(names) - len(runs)} called by none of them)"
+        f"mutants killed by {' '.join(tests)} ({len(names) - len(runs)} called by none of them"
+        + "".join(f"; {n} ended with pytest's exit code {c}" for c, n in sorted(errors.items()))
+        + ")"
     )
     return 130 if stopped else 0
 
@@ -665,8 +670,7 @@ def tests_calling(tests: list[str], env: dict[str, str]) -> Callable[[str], list
     new = given - set(saved["duration_by_test"]).union(*by_function.values())
 
     def calling(function: str) -> list[str]:
-        ids = sorted(given.intersection(by_function.get(function, ())) | new)
-        return [str(ROOT / test) for test in ids]
+        return sorted(given.intersection(by_function.get(function, ())) | new)
 
     return calling
 
@@ -675,20 +679,21 @@ def collect(tests: list[str], env: dict[str, str]) -> list[str]:
     """The ids of the tests ``tests`` select, as pytest names them (from the repository)."""
     listing = WORKSPACE / "against-tests.txt"
     env = {k: v for k, v in env.items() if k != QUICK}
-    runs = [(CONTROL, ["--collect-only", *tests])]  # -q: one id a line
+    runs = [(CONTROL, ["--collect-only", *tests], None)]  # -q: one id a line
     if run_forked(runs, env, 1, output=listing).get(CONTROL) != 0:
         raise SystemExit(f"pytest cannot collect {' '.join(tests)}: run it with pytest to see why.")
     return [line for line in listing.read_text().splitlines() if "::" in line]
 
 
 def run_forked(
-    runs: list[tuple[str, list[str]]],
+    runs: list[tuple[str, list[str], list[str] | None]],
     env: dict[str, str],
     workers: int,
     limit: float = 600,
     output: Path | None = None,
 ) -> dict[str, int]:
-    """pytest's exit code for each (mutant, tests), ``workers`` at a time, until Ctrl-C (the
+    """pytest's exit code for each (mutant, arguments, test ids or None for all they select),
+    ``workers`` at a time, until Ctrl-C (the
     codes of the runs that ended by then); a run over ``limit`` seconds is stopped, no
     verdict. Their output goes to ``output``, or nowhere."""
     codes: dict[str, int] = {}
@@ -697,8 +702,8 @@ def run_forked(
     try:
         while waiting or going:
             while waiting and len(going) < workers:
-                mutant, tests = waiting.pop()
-                going[fork_pytest(mutant, tests, env, output)] = (mutant, time.monotonic())
+                mutant, tests, only = waiting.pop()
+                going[fork_pytest(mutant, tests, env, output, only)] = (mutant, time.monotonic())
             pid, status = os.waitpid(-1, os.WNOHANG)
             if not pid:
                 time.sleep(0.02)
@@ -716,11 +721,18 @@ def run_forked(
 
 
 def fork_pytest(
-    mutant: str, tests: list[str], env: dict[str, str], output: Path | None = None
+    mutant: str,
+    tests: list[str],
+    env: dict[str, str],
+    output: Path | None = None,
+    only: list[str] | None = None,
 ) -> int:
     """Start ``pytest`` on ``tests`` against ``mutant``, as mutmut runs a mutant (stopping at
     the first failure, with the plugin; ``-x`` may be taken back with ``--maxfail=0``), in a
-    child of this process, output into ``output`` (or hidden); its pid."""
+    child of this process, output into ``output`` (or hidden); its pid. ``only``: the ids of
+    the tests to run out of those ``tests`` select, handed to the plugin
+    (``mutation_hits.ONLY``), as pytest cannot select every id it prints on its command line
+    (a parameter holding "/", such as a URL, is read as a path)."""
     pid = os.fork()
     if pid:
         return pid
@@ -729,6 +741,8 @@ def fork_pytest(
         os.chdir(WORKSPACE / "mutants")
         os.environ.clear()
         os.environ.update(env, MUTANT_UNDER_TEST=mutant)
+        if only is not None:
+            os.environ[ONLY] = "\n".join(only)
         sys.path[:0] = ["", *env.get("PYTHONPATH", "").split(os.pathsep)]
         out = os.open(output or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(out, 1)
@@ -746,6 +760,11 @@ def fork_pytest(
         os._exit(code)
 
 
+def files_of(ids: list[str]) -> list[str]:
+    """The files of these test ids (as pytest names them, from the repository), once each."""
+    return list(dict.fromkeys(str(ROOT / test.partition("::")[0]) for test in ids))
+
+
 def kills_file() -> Path:
     return WORKSPACE / "kills.txt"  # mutation_hits.py writes a line per kill
 
@@ -760,7 +779,7 @@ def killing_tests(seen: int, killed: set[str]) -> dict[str, set[str]]:
         for line in f.read().decode().splitlines():
             mutant, test, _ = line.split("\t")
             if mutant in killed:
-                by_test.setdefault(str(ROOT / test), set()).add(mutant)
+                by_test.setdefault(test, set()).add(mutant)
     return by_test
 
 
@@ -771,7 +790,8 @@ def false_kills(by_test: dict[str, set[str]], env: dict[str, str]) -> set[str]:
         return set()
     seen = kills_file().stat().st_size
     env = {k: v for k, v in env.items() if k != QUICK}
-    code = run_forked([(CONTROL, ["--maxfail=0", *by_test])], env, 1).get(CONTROL, INTERRUPTED)
+    runs = [(CONTROL, ["--maxfail=0", *files_of(list(by_test))], list(by_test))]
+    code = run_forked(runs, env, 1).get(CONTROL, INTERRUPTED)
     if code == 0:
         return set()
     failed = killing_tests(seen, {CONTROL}) if code == 1 else by_test  # else: no telling which

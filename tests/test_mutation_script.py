@@ -613,15 +613,17 @@ def test_against_records_the_kills_of_the_tests_given_and_nothing_else(
     write_meta(mutation.WORKSPACE, "exptorch.a", {"exptorch.a.x_f__mutmut_1": None,
                "exptorch.a.x_f__mutmut_2": None, "exptorch.a.x_f__mutmut_3": 0,
                "exptorch.a.x_f__mutmut_4": 34, "exptorch.a.x_f__mutmut_5": 0,
-               "exptorch.a.x_h__mutmut_1": None})  # fmt: skip
+               "exptorch.a.x_f__mutmut_6": None, "exptorch.a.x_h__mutmut_1": None})  # fmt: skip
     write_meta(mutation.WORKSPACE, "exptorch.b", {"exptorch.b.x_g__mutmut_1": None})
     dies = ["exptorch.a.x_f__mutmut_2", "exptorch.a.x_f__mutmut_3", "exptorch.a.x_f__mutmut_4",
             "exptorch.a.x_h__mutmut_1", "exptorch.b.x_g__mutmut_1"]  # fmt: skip
-    every = ["tests/test_k.py::test_k"]
+    every = ["tests/test_k.py::test_k", "tests/test_k.py::test_url[sqlite:///a/b.db]"]
     env = against_suite(
         mutation,
         monkeypatch,
-        f"import os\ndef test_k(): assert os.environ['MUTANT_UNDER_TEST'] not in {dies!r}\n",
+        f"import os, pytest\ndef test_k(): assert os.environ['MUTANT_UNDER_TEST'] not in {dies!r}\n"
+        "@pytest.mark.parametrize('url', ['sqlite:///a/b.db'])\n"  # an id pytest cannot select
+        "def test_url(url): assert os.environ['MUTANT_UNDER_TEST'] != 'exptorch.a.x_f__mutmut_6'\n",
         {"exptorch.a.x_f": every, "exptorch.b.x_g": every},  # no test calls x_h
     )
     assert mutation.check_against(["exptorch.a.*"], ["tests/test_k.py"], env, 2) == 0
@@ -631,11 +633,12 @@ def test_against_records_the_kills_of_the_tests_given_and_nothing_else(
         "exptorch.a.x_f__mutmut_3": 1,  # a survivor these tests kill
         "exptorch.a.x_f__mutmut_4": 1,  # undecided by a quick pass
         "exptorch.a.x_f__mutmut_5": 0,
+        "exptorch.a.x_f__mutmut_6": 1,
         "exptorch.a.x_h__mutmut_1": None,  # not run: none of the tests calls its function
         "exptorch.b.x_g__mutmut_1": None,  # not in the modules named
     }
     kept = json.loads(mutation.STORE.read_text())["functions"]["exptorch.a.x_f"]["verdicts"]
-    assert kept == {"1": None, "2": 1, "3": 1, "4": 1, "5": 0}
+    assert kept == {"1": None, "2": 1, "3": 1, "4": 1, "5": 0, "6": 1}
     (mutation.ROOT / "tests" / "test_k.py").write_text("def test_k(): assert False\n")
     with pytest.raises(SystemExit, match="fail without any mutant"):
         mutation.check_against(["exptorch.a.*"], ["tests/test_k.py"], env, 2)

@@ -104,6 +104,12 @@ def pytest_configure(config: Any) -> None:
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    only = os.environ.pop(ONLY, None)  # not for a pytest a test starts
+    if only is not None:
+        wanted = set(only.split("\n"))
+        other = [item for item in items if item.nodeid not in wanted]
+        config.hook.pytest_deselected(items=other)
+        items[:] = [item for item in items if item.nodeid in wanted]
     unfit = [item for item in items if item.nodeid.endswith(TOO_FAST_FOR_MUTMUT)]
     if unfit:
         config.hook.pytest_deselected(items=unfit)
@@ -120,6 +126,10 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
                 config.stash[LEFT_OUT] = len(cut)
 
 
+#: ``scripts/mutation.py --against``: the ids of the tests to run, a line each, out of the
+#: files given (pytest cannot select every id on its command line: a parameter holding "/"
+#: such as a URL is read as a path)
+ONLY = "EXPTORCH_MUTATION_ONLY"
 #: ``scripts/mutation.py --quick SECONDS``: each mutant runs only its quickest tests, as many
 #: as fit in SECONDS of their costs (``Costs``; the quickest one at least)
 QUICK = "EXPTORCH_MUTATION_QUICK"
