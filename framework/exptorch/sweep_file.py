@@ -183,8 +183,8 @@ class SweepSpec:
 
 def metric_names(plugins: Plugins) -> list[str]:
     """The metrics a run writes after each epoch: the built-in ones and ``test_<metric plugin>``."""
-    extra = [f"test_{name.replace('-', '_')}" for name in plugins.registry.get("metric", {})]
-    return [*RUN_METRICS, *sorted(extra)]
+    extra = {f"test_{name.replace('-', '_')}" for name in plugins.registry.get("metric", {})}
+    return [*RUN_METRICS, *sorted(extra - set(RUN_METRICS))]  # accuracy's plugin: listed once
 
 
 def parse_duration(value: Any) -> float:
