@@ -423,7 +423,8 @@ def rewrite_codes(new_code: Callable[[str, int | None], int | None]) -> None:
     for meta in meta_files():
         data = read_meta(meta)
         codes = data["exit_code_by_key"]
-        changed = {n: new_code(n, c) for n, c in codes.items() if new_code(n, c) != c}
+        new = {name: new_code(name, code) for name, code in codes.items()}
+        changed = {name: code for name, code in new.items() if code != codes[name]}
         if changed:
             codes.update(changed)
             write_whole(meta, json.dumps(data, indent=4))
@@ -623,8 +624,8 @@ def check_against(globs: list[str], tests: list[str], env: dict[str, str], worke
         n for n, c in verdicts().items() if in_modules(n, globs) and verdict(c) in open_verdicts
     ]
     calls = tests_calling(tests, env)
-    runs = [(n, files_of(ids), ids) for n in names if (ids := calls(function_of_mutant(n)))]
-    kills_seen = kills_file().stat().st_size if kills_file().is_file() else 0
+    runs = [(n, files_of(ids), ids) for n in names if (ids := calls(function_of(n)[0]))]
+    kills_seen = kills_size()
     codes = run_forked(runs, env, workers, limit)
     stopped = len(codes) < len(runs)
     killed = {name for name, code in codes.items() if code == 1}
@@ -653,10 +654,6 @@ def preload() -> None:
             importlib.import_module(name)
 
 
-def function_of_mutant(name: str) -> str:
-    return name.rpartition("__mutmut_")[0]
-
-
 def tests_calling(tests: list[str], env: dict[str, str]) -> Callable[[str], list[str]]:
     """For a function's mangled name, the tests of ``tests`` (files, test ids or options) that
     mutmut's collection run found calling it, and those it has not seen (written since: what
@@ -678,9 +675,8 @@ def tests_calling(tests: list[str], env: dict[str, str]) -> Callable[[str], list
 def collect(tests: list[str], env: dict[str, str]) -> list[str]:
     """The ids of the tests ``tests`` select, as pytest names them (from the repository)."""
     listing = WORKSPACE / "against-tests.txt"
-    env = {k: v for k, v in env.items() if k != QUICK}
     runs = [(CONTROL, ["--collect-only", *tests], None)]  # -q: one id a line
-    if run_forked(runs, env, 1, output=listing).get(CONTROL) != 0:
+    if run_forked(runs, every_test(env), 1, output=listing).get(CONTROL) != 0:
         raise SystemExit(f"pytest cannot collect {' '.join(tests)}: run it with pytest to see why.")
     return [line for line in listing.read_text().splitlines() if "::" in line]
 
@@ -693,9 +689,8 @@ def run_forked(
     output: Path | None = None,
 ) -> dict[str, int]:
     """pytest's exit code for each (mutant, arguments, test ids or None for all they select),
-    ``workers`` at a time, until Ctrl-C (the
-    codes of the runs that ended by then); a run over ``limit`` seconds is stopped, no
-    verdict. Their output goes to ``output``, or nowhere."""
+    ``workers`` at a time, until Ctrl-C (the codes of the runs that ended by then); a run over
+    ``limit`` seconds is stopped, no verdict. Their output goes to ``output``, or nowhere."""
     codes: dict[str, int] = {}
     going: dict[int, tuple[str, float]] = {}
     waiting = list(reversed(runs))
@@ -765,8 +760,17 @@ def files_of(ids: list[str]) -> list[str]:
     return list(dict.fromkeys(str(ROOT / test.partition("::")[0]) for test in ids))
 
 
+def every_test(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without ``--quick``'s budget: a run of every test it selects."""
+    return {k: v for k, v in env.items() if k != QUICK}
+
+
 def kills_file() -> Path:
     return WORKSPACE / "kills.txt"  # mutation_hits.py writes a line per kill
+
+
+def kills_size() -> int:
+    return kills_file().stat().st_size if kills_file().is_file() else 0
 
 
 def killing_tests(seen: int, killed: set[str]) -> dict[str, set[str]]:
@@ -788,10 +792,9 @@ def false_kills(by_test: dict[str, set[str]], env: dict[str, str]) -> set[str]:
     cut by ``--quick``, not stopped at a failure): a flaky test's kills are none."""
     if not by_test:
         return set()
-    seen = kills_file().stat().st_size
-    env = {k: v for k, v in env.items() if k != QUICK}
+    seen = kills_size()
     runs = [(CONTROL, ["--maxfail=0", *files_of(list(by_test))], list(by_test))]
-    code = run_forked(runs, env, 1).get(CONTROL, INTERRUPTED)
+    code = run_forked(runs, every_test(env), 1).get(CONTROL, INTERRUPTED)
     if code == 0:
         return set()
     failed = killing_tests(seen, {CONTROL}) if code == 1 else by_test  # else: no telling which

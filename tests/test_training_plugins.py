@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from exptorch import Callback, DatasetInfo, ExptError, Metric, Option, hookimpl
-from exptorch.assemble import build_optimizer
-from exptorch.config import RunConfig
+from exptorch.assemble import build_optimizer, check_options_used, resolve_monitor
+from exptorch.config import RunConfig, check_plugin_options
 from exptorch.interrupts import RunInterrupted
+from exptorch.plugins import Registration
 from exptorch.rundir import read_metrics
 from exptorch.runs import read_run, show_text
 from exptorch.testing import make_plugins, resume_expt, run_expt, tiny_splits
@@ -55,8 +56,6 @@ def test_optimizer_options_reach_the_torch_optimizer() -> None:
 
 
 def test_momentum_reaches_only_an_optimizer_that_takes_it() -> None:
-    from exptorch.plugins import Registration
-
     model = QuickNet(1, 28, 28, 10)
     adam = make_plugins().get("optimizer", "adam")
     assert "momentum" not in build_optimizer(adam, RunConfig(), model).param_groups[0]
@@ -75,8 +74,6 @@ def test_momentum_reaches_only_an_optimizer_that_takes_it() -> None:
 def test_an_option_of_a_plugin_the_run_does_not_use_is_refused() -> None:
     """An option set away from its default belongs to a registration this run uses; one that
     two registrations share is fine with either."""
-    from exptorch.assemble import check_options_used
-
     shared = Option("demo_width", default=1)
 
     class Demo:
@@ -124,15 +121,11 @@ class Lower(Metric):
 def test_monitor_names_a_recorded_metric_and_its_better_direction(
     monitor: str, mode: str, chosen: tuple[str, str]
 ) -> None:
-    from exptorch.assemble import resolve_monitor
-
     recorded = {"test_accuracy": Metric(), "test_top_error": Lower()}
     assert resolve_monitor(RunConfig(monitor=monitor, monitor_mode=mode), recorded) == chosen
 
 
 def test_monitor_of_a_metric_the_run_does_not_record_is_one_sentence() -> None:
-    from exptorch.assemble import resolve_monitor
-
     with pytest.raises(ExptError) as caught:
         resolve_monitor(
             RunConfig(monitor="f1"), {"test_accuracy": Metric(), "test_top_error": Lower()}
@@ -176,9 +169,6 @@ def test_adam_and_adamw_take_their_betas_and_learning_rate(name: str, kind: type
 def test_adam_betas_default_to_torchs_and_stay_below_one(name: str) -> None:
     """--NAME-beta1/2: torch's defaults when not given, a float each, explained in --help, and
     refused outside [0, 0.999999] before the run starts (1.0 would never forget)."""
-    from exptorch.assemble import build_optimizer
-    from exptorch.config import check_plugin_options
-
     reg = make_plugins().get("optimizer", name)
     declared = {o.name: o for o in reg.options}
     beta1, beta2 = declared[f"{name}_beta1"], declared[f"{name}_beta2"]
