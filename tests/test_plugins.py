@@ -96,6 +96,11 @@ def test_expt_plugins_lists_every_builtin(expt) -> None:
         assert names <= registered[kind]
     table = expt("plugins", check=True).stdout
     assert "quicknet (exptorch" in table and "fashion-mnist-sample" in table
+    rows = {line.split(":")[0].strip() for line in table.splitlines() if line.startswith("  ")}
+    assert rows == {  # each kind in the plural, as its registration hook spells it
+        "models", "datasets", "devices", "loggers", "checkpoint formats", "optimizers",
+        "schedules", "losses", "transforms", "metrics", "commands",
+    }  # fmt: skip
 
 
 def test_third_party_entry_points_broken_one_reported(expt, site: Path) -> None:

@@ -442,10 +442,11 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
     for row in info["plugins"]:
         version = f" {row['version']}" if row["version"] else ""
         click.echo(f"{row['name']} ({row['distribution']}{version})")
-        for kind in (*KINDS, "command"):
+        for kind, hook in (*KINDS.items(), ("command", "register_commands")):
             names = row["registered"].get(kind)
-            if names:
-                click.echo(f"  {kind + 's:':20} {', '.join(sorted(names))}")
+            if names:  # the plural as the hook spells it: losses, checkpoint formats
+                plural = hook.removeprefix("register_").replace("_", " ")
+                click.echo(f"  {plural + ':':20} {', '.join(sorted(names))}")
         other = [h for h in row["hooks"] if not h.startswith("register_")]
         if other:
             click.echo(f"  {'hooks:':20} {', '.join(other)}")
