@@ -12,7 +12,16 @@ import torchvision
 
 import exptorch
 from exptorch import ExptError
-from exptorch.assemble import build_optimizer, build_schedule, restore_optimizer, versions
+from exptorch.assemble import (
+    build_optimizer,
+    build_schedule,
+    default_data_dir,
+    parse_device,
+    restore_optimizer,
+    transform_names,
+    used_options,
+    versions,
+)
 from exptorch.testing import make_plugins, run_config
 from exptorch_plugins.networks import QuickNet
 
@@ -97,3 +106,40 @@ def test_a_run_records_the_versions_it_ran_with() -> None:
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),
     }
+
+
+def test_data_lives_in_the_users_cache_unless_expt_data_dir_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import platformdirs
+
+    monkeypatch.delenv("EXPT_DATA_DIR", raising=False)
+    assert default_data_dir() == Path(platformdirs.user_cache_dir("exptorch")) / "data"
+    monkeypatch.setenv("EXPT_DATA_DIR", str(tmp_path))
+    assert default_data_dir() == tmp_path
+
+
+def test_a_device_is_a_name_and_an_optional_index() -> None:
+    assert parse_device("cuda:1") == ("cuda", 1)
+    assert parse_device("cpu") == ("cpu", None)
+    with pytest.raises(ExptError) as refused:
+        parse_device("cuda:x")
+    assert str(refused.value) == "Device 'cuda:x' has a bad index; use a form like cuda:0."
+
+
+def test_augment_puts_crop_flip_first_and_only_once(plugins: Any, tmp_path: Path) -> None:
+    names = transform_names(run_config(plugins, tmp_path, augment=True, transform=["mixup"]))
+    assert names == ["crop-flip", "mixup"]
+    again = run_config(plugins, tmp_path, augment=True, transform=["mixup", "crop-flip"])
+    assert transform_names(again) == ["mixup", "crop-flip"]
+    assert transform_names(run_config(plugins, tmp_path, transform=["mixup"])) == ["mixup"]
+
+
+def test_a_run_records_only_the_options_of_the_plugins_it_uses(
+    plugins: Any, tmp_path: Path
+) -> None:
+    config = run_config(plugins, tmp_path, sgd_nesterov=True, momentum=0.9)
+    config.options["adam_beta1"] = 0.8  # an unused optimizer's option
+    used = used_options(config, [plugins.get("optimizer", "sgd")])
+    assert used.options == {"sgd_nesterov": True, "sgd_no_decay_norm_bias": False}
+    assert used.lr == config.lr and config.options["adam_beta1"] == 0.8  # a copy
