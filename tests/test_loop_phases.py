@@ -186,6 +186,7 @@ def test_state_and_checkpoints_track_the_best_epoch_by_the_monitored_metric(
     assert (saved["best_metric"], saved["best_value"]) == ("test_loss", min(losses))
     assert (saved["stop_reason"], saved["error"]) == (None, None)
     assert saved["pid"] == os.getpid() and 0 < time.time() - saved["started"] < 600
+    assert isinstance(saved["elapsed"], float) and 0 < saved["elapsed"] < 600
     assert saved["best_test_accuracy"] == max(r["test_accuracy"] for r in records)  # still
     assert saved["final"] == {k: records[-1][k] for k in saved["final"]}
     kept = sorted(p.name for p in (folder / "checkpoints").iterdir())
