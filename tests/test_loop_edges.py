@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import copy
 import errno
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_loop_phases import SHORT
+from test_loop_phases import state as read_state
+from test_training_plugins import epochs
 
 from exptorch import Callback, ExptError, Logger, hookimpl
 from exptorch.checkpoint import load_checkpoint
 from exptorch.distributed import World
 from exptorch.loop import evaluate
-from exptorch.rundir import read_metrics
 from exptorch.testing import make_plugins, run_config, run_expt, tiny_splits
 from exptorch.train import make_batches
-
-SHORT = dict(batch_size=16, limit_train_batches=2, limit_eval_batches=1, log_every=100)
 
 
 class KeepingLogger(Logger):
@@ -84,7 +83,7 @@ def test_loggers_get_each_record_the_graph_the_predictions_and_the_settings(
     model = plugin.runs[0].model
     assert calls[0][0] == "graph" and calls[0][1] is model
     assert calls[0][2].shape == (1, 1, 28, 28)  # one test image as the model sees it
-    records = [r for r in read_metrics(folder / "metrics.jsonl") if "test_loss" in r]
+    records = epochs(folder)
     logged = [c for c in calls if c[0] == "metrics"]
     assert logged == [
         ("metrics", {k: v for k, v in r.items() if k not in ("step", "epoch")}, r["step"])
@@ -127,7 +126,7 @@ def test_an_evaluation_model_is_evaluated_and_saved_beside_the_model(tmp_path: P
     assert not all(
         torch.equal(saved.model_state[k], v) for k, v in callback.copy.state_dict().items()
     )  # the model trained on; the copy did not
-    [record] = [r for r in read_metrics(folder / "metrics.jsonl") if "test_loss" in r]
+    [record] = epochs(folder)
     config = run_config(make_plugins(), tmp_path, **SHORT, seed=0)  # the run's test split
     _, tests = make_batches(config, tiny_splits(), torch.device("cpu"), World())
     assert record["test_loss"] == pytest.approx(evaluate(callback.copy, tests)["test_loss"])
@@ -177,7 +176,7 @@ def test_a_keyboard_interrupt_is_recorded_as_interrupted_by_sigint(tmp_path: Pat
     plugin = Plugin(Interrupts())
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, plugin, logger=["keeping"], epochs=2, name="k")
-    state = json.loads((tmp_path / "runs" / "k" / "state.json").read_text())
+    state = read_state(tmp_path / "runs" / "k")
     assert (state["state"], state["stop_reason"], state["error"]) == (
         "interrupted", "interrupted by SIGINT", None
     )  # fmt: skip
@@ -201,7 +200,7 @@ def test_a_full_disk_while_checkpointing_says_how_to_continue(
         "device; free some space, then continue with: "
     )
     assert message.endswith(f" run --resume {folder}.")
-    state = json.loads((folder / "state.json").read_text())
+    state = read_state(folder)
     assert (state["state"], state["error"]) == ("failed", message)
 
 
@@ -210,7 +209,7 @@ def test_of_epochs_that_tie_the_first_stays_the_best(
     tmp_path: Path, monitor: str, mode: str
 ) -> None:
     folder = run(tmp_path, Plugin(), epochs=2, lr=1e-30, monitor=monitor, keep="all")
-    records = [r for r in read_metrics(folder / "metrics.jsonl") if "test_loss" in r]
+    records = epochs(folder)
     assert records[0][monitor] == records[1][monitor]  # nothing learned: a tie
-    state = json.loads((folder / "state.json").read_text())
+    state = read_state(folder)
     assert (state["best_checkpoint"], state["best_value"]) == ("epoch-001.pt", records[0][monitor])

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 import torch
+from test_training_plugins import epochs
 
 from exptorch import Callback, hookimpl
 from exptorch.checkpoint import load_checkpoint
-from exptorch.rundir import RunDir, read_metrics
+from exptorch.rundir import RunDir
 from exptorch.testing import make_plugins, resume_expt, run_expt
 
 #: Two steps of 16 images an epoch and one test batch (of 256: all 128 tiny test images);
@@ -147,7 +148,7 @@ def test_events_come_in_order_and_carry_the_steps_losses_and_metrics(tmp_path: P
         ("epoch_end", 2, sorted([*first, "from_evaluate", "train_loss"])),
         ("run_end", "finished", sorted([*first, "from_evaluate", "train_loss", "from_plugin"])),
     ]
-    records = [r for r in read_metrics(folder / "metrics.jsonl") if "test_loss" in r]
+    records = epochs(folder)
     assert [(r["step"], r["epoch"]) for r in records] == [(2, 1), (4, 2)]
     assert records[1] == {"step": 4, "epoch": 2, **ended, "from_plugin": 4.0}
 
@@ -162,7 +163,7 @@ def test_the_lines_a_run_prints_name_its_folder_sizes_and_each_epochs_figures(
         f"run {folder}: quicknet ({n:,} parameters) on tiny-fashion-mnist "
         "(512 train / 128 test images), device cpu, seed 7"
     )
-    records = [r for r in read_metrics(folder / "metrics.jsonl") if "test_loss" in r]
+    records = epochs(folder)
     for line, r in zip(said[1:3], records, strict=True):
         assert line == (
             f"epoch {r['epoch']}/2  train_loss {r['epoch_train_loss']:.4f}  "
@@ -177,7 +178,7 @@ def test_state_and_checkpoints_track_the_best_epoch_by_the_monitored_metric(
     tmp_path: Path,
 ) -> None:
     folder, _, _ = run(tmp_path, Recorder(), epochs=3, monitor="test_loss", lr=0.05, keep="best")
-    records = [r for r in read_metrics(folder / "metrics.jsonl") if "test_loss" in r]
+    records = epochs(folder)
     losses = [r["test_loss"] for r in records]
     best = losses.index(min(losses)) + 1
     saved = state(folder)
@@ -195,7 +196,7 @@ def test_state_and_checkpoints_track_the_best_epoch_by_the_monitored_metric(
 
 def test_the_best_by_accuracy_is_also_recorded_as_best_test_accuracy(tmp_path: Path) -> None:
     folder, _, _ = run(tmp_path, Recorder(), epochs=2, keep="all")
-    records = [r for r in read_metrics(folder / "metrics.jsonl") if "test_loss" in r]
+    records = epochs(folder)
     accuracies = [r["test_accuracy"] for r in records]
     best = accuracies.index(max(accuracies)) + 1  # the first of equals stays the best
     saved = state(folder)

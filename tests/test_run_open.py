@@ -8,17 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from test_loop_phases import SHORT, state
 
 from exptorch import hookimpl
 from exptorch.testing import make_plugins, resume_expt, run_expt
 from exptorch_plugins.networks import QuickNet
 
 #: Nothing is learned at this rate, so every epoch ties and the first stays the best.
-STILL = dict(batch_size=16, limit_train_batches=2, limit_eval_batches=1, lr=1e-30, keep="all")
-
-
-def state(run: Path) -> dict[str, Any]:
-    return json.loads((run / "state.json").read_text())
+STILL = {**SHORT, "lr": 1e-30, "keep": "all"}
 
 
 def test_a_resumed_run_keeps_the_best_checkpoint_of_its_earlier_epochs(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import re
 import time
 from pathlib import Path
@@ -84,7 +83,7 @@ def test_on_a_full_disk_state_json_is_rewritten_in_place(
     run = run_dir(tmp_path)
     monkeypatch.setattr("exptorch.rundir.write_json", full)
     run.set_state("failed", error="boom")
-    state = json.loads((run.path / "state.json").read_text())
+    state = run.read_state()
     assert (state["state"], state["error"], state["epoch"]) == ("failed", "boom", 0)
 
     def refused(*_: Any) -> Any:
@@ -97,7 +96,7 @@ def test_on_a_full_disk_state_json_is_rewritten_in_place(
         f"Cannot write {run.path / 'state.json'}: Permission denied; choose a --runs-dir you "
         "can write to."
     )
-    assert json.loads((run.path / "state.json").read_text())["state"] == "failed"
+    assert run.read_state()["state"] == "failed"
     monkeypatch.setattr("exptorch.rundir.write_json", full)
     monkeypatch.setattr("exptorch.rundir._rewrite_in_place", lambda *_: False)
     with pytest.raises(ExptError) as raised:
@@ -112,7 +111,7 @@ def test_each_state_records_when_it_was_written(tmp_path: Path) -> None:
     run = run_dir(tmp_path)
     before = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     run.set_state("finished")
-    updated = json.loads((run.path / "state.json").read_text())["updated"]
+    updated = run.read_state()["updated"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", updated)
     assert before <= updated <= time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
