@@ -16,14 +16,12 @@ from exptorch.core_callbacks import NonFiniteStop, ProgressBar, StepDebugLog, Tr
 
 def fake_run(**fields: Any) -> Any:
     logged: list[dict[str, float]] = []
-    run = types.SimpleNamespace(
+    defaults = dict(
         device=torch.device("cpu"), step=0, epoch=1, lr=0.01, logged=logged, log=logged.append,
         config=types.SimpleNamespace(epochs=3), start_epoch=1, eval_model=None,
         model=torch.nn.Linear(2, 2),
     )  # fmt: skip
-    for key, value in fields.items():
-        setattr(run, key, value)
-    return run
+    return types.SimpleNamespace(**{**defaults, **fields})
 
 
 class Clock:
