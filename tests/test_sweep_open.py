@@ -17,7 +17,7 @@ import pytest
 from test_sweep import write_sweep
 
 from exptorch.errors import ExptError
-from exptorch.sweep import DIGEST_ATTR, SPEC_ATTR, make_pruner, open_sweep
+from exptorch.sweep import DIGEST_ATTR, SPEC_ATTR, open_sweep
 from exptorch.sweep_file import read_sweep
 
 optuna = pytest.importorskip("optuna")
@@ -144,20 +144,3 @@ def test_a_study_expt_did_not_make_or_made_from_another_file_is_refused(
     )
     names = sqlite3.connect(tmp_path / "shared.db").execute("SELECT study_name FROM studies")
     assert sorted(n for (n,) in names) == ["empty", "mine", "theirs"]
-
-
-def pruner(tmp_path: Path, plugins, settings: str, epochs: int) -> Any:
-    return make_pruner(spec(tmp_path, plugins, f"trials = 1\n{settings}"), epochs=epochs)
-
-
-def test_the_pruners_are_made_with_their_settings(tmp_path: Path, plugins) -> None:
-    median = pruner(tmp_path, plugins, 'pruner = "median"\npruner-startup-trials = 3\n'
-                    "pruner-warmup-epochs = 2", epochs=5)  # fmt: skip
-    assert isinstance(median, optuna.pruners.MedianPruner)
-    assert (median._n_startup_trials, median._n_warmup_steps) == (3, 2)
-    band = pruner(tmp_path, plugins, 'pruner = "hyperband"', epochs=1)
-    assert isinstance(band, optuna.pruners.HyperbandPruner)
-    assert (band._min_resource, band._max_resource) == (1, 2)
-    assert pruner(tmp_path, plugins, 'pruner = "hyperband"', epochs=9)._max_resource == 9
-    none = pruner(tmp_path, plugins, 'pruner = "none"', epochs=3)
-    assert isinstance(none, optuna.pruners.NopPruner)
